@@ -1,0 +1,57 @@
+# edge-vision: train -> export -> bench -> gate. Every target installs .venv first, so any of them works on a
+# fresh clone. The Makefile passes paths only; hyperparameters live in the YAML configs.
+SHELL := /bin/bash
+PYTHON ?= python3
+VENV := .venv
+PY := $(VENV)/bin/python
+STAMP := $(VENV)/.installed
+CONFIG ?= configs/demo.yaml
+NAME ?= $(basename $(notdir $(CONFIG)))
+RUN ?= runs/$(NAME)
+GATE ?= configs/gate.yaml
+
+.DEFAULT_GOAL := help
+.PHONY: help setup data train export bench gate demo test lint clean distclean
+
+help: ## list the targets
+	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-10s %s\n", $$1, $$2}'
+	@echo "  variables: CONFIG=$(CONFIG) RUN=$(RUN) GATE=$(GATE)"
+
+setup: $(STAMP) ## create .venv and install the pinned dependencies (skipped when up to date)
+
+$(STAMP): requirements.txt pyproject.toml
+	test -x $(PY) || $(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install --quiet --upgrade pip
+	$(PY) -m pip install --quiet -r requirements.txt
+	touch $(STAMP)
+
+data: setup ## generate the synthetic dataset named by the config (skipped when already there)
+	$(PY) -m datasets generate --config $(CONFIG)
+
+train: data ## train the detector and the segmenter into $(RUN)
+	$(PY) -m train --config $(CONFIG) --out $(RUN)
+
+export: setup ## ONNX fp32 + INT8 QDQ for both models, with parity checks
+	$(PY) -m export --run $(RUN)
+
+bench: setup ## accuracy and latency of every variant -> $(RUN)/report.{md,json}
+	$(PY) -m evaluate.bench --run $(RUN)
+
+gate: setup ## 2x2 accuracy attribution (preprocessing x quantization) against $(GATE); exit 1 on failure
+	$(PY) -m evaluate.gate --run $(RUN) --config $(GATE)
+
+demo: setup ## data + train + export + bench + gate on the synthetic dataset, small settings
+	$(MAKE) --no-print-directory data train export bench gate CONFIG=$(CONFIG) RUN=$(RUN)
+
+lint: setup ## ruff over the code
+	$(PY) -m ruff check .
+
+test: setup ## lint, then the test suite
+	$(MAKE) --no-print-directory lint
+	$(PY) -m pytest
+
+clean: ## remove outputs (runs/, data/)
+	rm -rf runs data .pytest_cache .ruff_cache
+
+distclean: clean ## also remove .venv
+	rm -rf $(VENV)

@@ -1,0 +1,128 @@
+"""Dataset configs (YAML) -> dataclasses. A dataset config says where images and labels lie, nothing else.
+
+Paths in a dataset config are relative to `root`; `root` is relative to the working directory (the repo
+root when run through make). See configs/data/*.yaml.
+"""
+
+from __future__ import annotations
+
+import random
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import yaml
+
+
+class DatasetError(ValueError):
+    """Broken dataset input; the message is one line naming the file and the fix."""
+
+
+@dataclass
+class DetectionSplit:
+    images: str
+    annotations: str
+
+
+@dataclass
+class SegmentationSplit:
+    images: str
+    masks: str
+
+
+@dataclass
+class RandomSplit:
+    """Split one folder pair into train/val with a fixed seed (for sets that ship unsplit)."""
+
+    images: str
+    masks: str
+    val_count: int
+    seed: int = 0
+
+
+@dataclass
+class SegmentationConfig:
+    classes: list[str]
+    thin_classes: list[str] = field(default_factory=list)  # classes scored as thin-structure IoU
+    mask_values: dict[int, int] | None = None  # PNG value -> class index; None: value is the index
+    splits: dict[str, SegmentationSplit] = field(default_factory=dict)
+    random_split: RandomSplit | None = None
+
+
+@dataclass
+class DatasetConfig:
+    name: str
+    root: str
+    detection: dict[str, DetectionSplit] = field(default_factory=dict)
+    segmentation: SegmentationConfig | None = None
+    synthetic: dict | None = None  # generator settings when the set is generated (python -m datasets)
+    source: str = ""  # the YAML file it came from
+
+    def path(self, rel: str) -> Path:
+        return Path(self.root) / rel
+
+    def detection_split(self, split: str) -> DetectionSplit:
+        if split not in self.detection:
+            raise DatasetError(f"{self.source}: no detection split {split!r} (has {sorted(self.detection)})")
+        return self.detection[split]
+
+    def segmentation_pairs(self, split: str) -> list[tuple[Path, Path]]:
+        """(image, mask) paths of a split, matched by file stem."""
+        seg = self.segmentation
+        if seg is None:
+            raise DatasetError(f"{self.source}: no `segmentation:` section; add one to train a segmenter")
+        if seg.random_split is not None and split in ("train", "val"):
+            rs = seg.random_split
+            pairs = _pairs(self.path(rs.images), self.path(rs.masks))
+            order = list(range(len(pairs)))
+            random.Random(rs.seed).shuffle(order)
+            val = set(order[: rs.val_count])
+            return [p for i, p in enumerate(pairs) if (i in val) == (split == "val")]
+        if split not in seg.splits:
+            raise DatasetError(f"{self.source}: no segmentation split {split!r} (has {sorted(seg.splits)})")
+        s = seg.splits[split]
+        return _pairs(self.path(s.images), self.path(s.masks))
+
+
+def _pairs(images: Path, masks: Path) -> list[tuple[Path, Path]]:
+    for d in (images, masks):
+        if not d.is_dir():
+            raise DatasetError(f"{d}: folder not found; check `root` and the split paths in the dataset config")
+    by_stem = {p.stem: p for p in masks.iterdir() if p.suffix.lower() == ".png"}
+    imgs = sorted(p for p in images.iterdir() if p.suffix.lower() in (".jpg", ".jpeg", ".png", ".bmp"))
+    missing = [p.name for p in imgs if p.stem not in by_stem]
+    if missing:
+        raise DatasetError(f"{masks}: no mask PNG for {len(missing)} images (e.g. {missing[0]}); add or remove them")
+    return [(p, by_stem[p.stem]) for p in imgs]
+
+
+def load_dataset_config(path: str | Path) -> DatasetConfig:
+    path = Path(path)
+    try:
+        raw = yaml.safe_load(path.read_text())
+    except FileNotFoundError:
+        raise DatasetError(f"{path}: dataset config not found") from None
+    except yaml.YAMLError as e:
+        raise DatasetError(f"{path}: invalid YAML ({str(e).splitlines()[0]})") from None
+    if not isinstance(raw, dict) or "root" not in raw:
+        raise DatasetError(f"{path}: a dataset config needs at least `name` and `root`")
+    try:
+        det = {k: DetectionSplit(**v) for k, v in (raw.get("detection") or {}).items()}
+        seg = None
+        if raw.get("segmentation"):
+            s = dict(raw["segmentation"])
+            s["splits"] = {k: SegmentationSplit(**v) for k, v in (s.get("splits") or {}).items()}
+            if s.get("random_split"):
+                s["random_split"] = RandomSplit(**s["random_split"])
+            if s.get("mask_values") is not None:
+                s["mask_values"] = {int(k): int(v) for k, v in s["mask_values"].items()}
+            seg = SegmentationConfig(**s)
+        return DatasetConfig(
+            name=raw.get("name", path.stem),
+            root=str(raw["root"]),
+            detection=det,
+            segmentation=seg,
+            synthetic=raw.get("synthetic"),
+            source=str(path),
+        )
+    except TypeError as e:
+        raise DatasetError(f"{path}: unexpected or missing key ({e})") from None

@@ -1,0 +1,1 @@
+"""Field runtime: numpy, OpenCV and ONNX Runtime / TensorRT only. Never imports torch."""

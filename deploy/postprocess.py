@@ -1,0 +1,69 @@
+"""Model outputs -> results in source-image pixels. Vectorised numpy/OpenCV, no per-box Python loops.
+
+The same functions post-process torch outputs during evaluation and ONNX Runtime outputs on the device.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import cv2
+import numpy as np
+
+from deploy.preprocess import Letterbox, boxes_to_image, mask_to_image
+
+
+@dataclass
+class Detections:
+    boxes: np.ndarray  # (K, 4) float32 xyxy in source pixels
+    scores: np.ndarray  # (K,) float32
+    labels: np.ndarray  # (K,) int64 class index into the contract's class_names
+
+    def __len__(self) -> int:
+        return len(self.scores)
+
+
+def batched_nms(boxes: np.ndarray, scores: np.ndarray, labels: np.ndarray, iou_thres: float) -> np.ndarray:
+    """Class-aware NMS (OpenCV C++), returns kept indices sorted by descending score."""
+    if len(scores) == 0:
+        return np.zeros(0, dtype=np.int64)
+    xywh = boxes.astype(np.float64).copy()
+    xywh[:, 2:] -= xywh[:, :2]
+    keep = cv2.dnn.NMSBoxesBatched(xywh, scores.astype(np.float32), labels.astype(np.int32), 0.0, iou_thres)
+    keep = np.asarray(keep, dtype=np.int64).reshape(-1)
+    return keep[np.argsort(-scores[keep], kind="stable")]
+
+
+def decode_detections(
+    cls_logits: np.ndarray,
+    boxes: np.ndarray,
+    lb: Letterbox,
+    conf_thres: float = 0.25,
+    iou_thres: float = 0.5,
+    max_det: int = 100,
+    pre_nms_topk: int = 1000,
+) -> Detections:
+    """cls_logits (1, N, C) or (N, C), boxes (1, N, 4) xyxy in input pixels -> Detections in source pixels.
+
+    Every (location, class) pair above conf_thres is a candidate (multi-label, as in torchvision).
+    """
+    num_classes = cls_logits.shape[-1]
+    logits = cls_logits.reshape(-1, num_classes)
+    boxes = boxes.reshape(-1, 4)
+    logit_thres = np.log(conf_thres / (1.0 - conf_thres))  # compare logits, sigmoid only the survivors
+    loc, cls = np.nonzero(logits > logit_thres)
+    s = logits[loc, cls]
+    if s.size > pre_nms_topk:
+        top = np.argpartition(-s, pre_nms_topk)[:pre_nms_topk]
+        loc, cls, s = loc[top], cls[top], s[top]
+    scores = (1.0 / (1.0 + np.exp(-s.astype(np.float32)))).astype(np.float32)
+    cand = boxes[loc].astype(np.float32)
+    keep = batched_nms(cand, scores, cls, iou_thres)[:max_det]
+    return Detections(boxes_to_image(cand[keep], lb), scores[keep], cls[keep].astype(np.int64))
+
+
+def decode_mask(logits: np.ndarray, lb: Letterbox) -> np.ndarray:
+    """Segmenter logits (1, K, h, w) or (K, h, w) -> (src_h, src_w) uint8 class-index mask."""
+    logits = logits.reshape(-1, *logits.shape[-2:])
+    mask = logits.argmax(axis=0).astype(np.uint8)  # (h, w)
+    return mask_to_image(mask, lb)

@@ -1,0 +1,1 @@
+"""Evaluation: metrics, latency benchmark, report, gate."""

@@ -1,0 +1,125 @@
+"""Accuracy metrics and the one evaluation loop shared by training, bench and gate.
+
+The loop takes a `runner` (uint8 batch -> list of numpy outputs: torch or any ONNX variant) and a
+`preprocess_fn` (BGR frame -> (tensor, letterbox)), so the same code scores every cell of the gate.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import io
+from collections.abc import Callable, Sequence
+from pathlib import Path
+
+import numpy as np
+from pycocotools.coco import COCO
+from pycocotools.cocoeval import COCOeval
+
+from datasets.coco import CocoDetection
+from datasets.masks import IGNORE_INDEX, read_mask
+from deploy.postprocess import Detections, decode_detections, decode_mask
+from deploy.preprocess import Letterbox, read_image
+
+Runner = Callable[[np.ndarray], list[np.ndarray]]
+PreprocessFn = Callable[[np.ndarray], tuple[np.ndarray, Letterbox]]
+
+
+def coco_gt(coco: CocoDetection) -> COCO:
+    """pycocotools COCO built from the parsed JSON, filling optional fields real files sometimes omit."""
+    ds = {k: v for k, v in coco.raw.items() if k in ("images", "categories", "info", "licenses")}
+    anns = []
+    for i, a in enumerate(coco.raw["annotations"]):
+        a = dict(a)
+        a.setdefault("id", i + 1)
+        a.setdefault("iscrowd", 0)
+        a.setdefault("area", float(a["bbox"][2]) * float(a["bbox"][3]))
+        anns.append(a)
+    ds["annotations"] = anns
+    gt = COCO()
+    gt.dataset = ds
+    with contextlib.redirect_stdout(io.StringIO()):
+        gt.createIndex()
+    return gt
+
+
+def coco_map(coco: CocoDetection, preds: dict[int, Detections], gt: COCO | None = None) -> dict:
+    """preds: image_id -> Detections (contiguous labels). -> {"map": mAP@[.5:.95], "map50": mAP@.5}."""
+    gt = gt or coco_gt(coco)
+    res = []
+    for image_id, d in preds.items():
+        xywh = d.boxes.copy()
+        xywh[:, 2:] -= xywh[:, :2]
+        for b, s, c in zip(xywh.tolist(), d.scores.tolist(), d.labels.tolist(), strict=True):
+            res.append({"image_id": image_id, "category_id": coco.category_ids[c], "bbox": b, "score": s})
+    if not res:
+        return {"map": 0.0, "map50": 0.0}
+    with contextlib.redirect_stdout(io.StringIO()):
+        dt = gt.loadRes(res)
+        ev = COCOeval(gt, dt, "bbox")
+        ev.params.imgIds = sorted(preds)
+        ev.evaluate()
+        ev.accumulate()
+        ev.summarize()
+    return {"map": float(max(ev.stats[0], 0.0)), "map50": float(max(ev.stats[1], 0.0))}
+
+
+class SegMeter:
+    """Confusion-matrix IoU. thin_iou = mean IoU over the thin-structure classes."""
+
+    def __init__(self, class_names: Sequence[str], thin_classes: Sequence[str]):
+        self.names = list(class_names)
+        self.thin = [self.names.index(c) for c in thin_classes]
+        self.k = len(self.names)
+        self.cm = np.zeros((self.k, self.k), dtype=np.int64)  # rows: truth, cols: prediction
+
+    def update(self, pred: np.ndarray, truth: np.ndarray) -> None:
+        valid = truth != IGNORE_INDEX
+        idx = truth[valid].astype(np.int64) * self.k + pred[valid].astype(np.int64)
+        self.cm += np.bincount(idx, minlength=self.k * self.k).reshape(self.k, self.k)
+
+    def compute(self) -> dict:
+        tp = np.diag(self.cm).astype(np.float64)
+        union = self.cm.sum(0) + self.cm.sum(1) - tp
+        with np.errstate(invalid="ignore", divide="ignore"):
+            iou = np.where(union > 0, tp / union, np.nan)
+        thin = iou[self.thin] if self.thin else iou[1:]
+        return {
+            "miou": float(np.nanmean(iou)) if np.isfinite(iou).any() else 0.0,
+            "thin_iou": float(np.nanmean(thin)) if np.isfinite(thin).any() else 0.0,
+            "iou": {n: (None if np.isnan(v) else float(v)) for n, v in zip(self.names, iou, strict=True)},
+        }
+
+
+def predict_detections(runner: Runner, coco: CocoDetection, preprocess_fn: PreprocessFn, post: dict,
+                       limit: int | None = None) -> dict[int, Detections]:
+    preds = {}
+    for rec in coco.records[:limit]:
+        tensor, lb = preprocess_fn(read_image(rec.path))
+        outs = runner(tensor[None])
+        preds[rec.image_id] = decode_detections(outs[0], outs[1], lb, **post)
+    return preds
+
+
+def eval_detector(runner: Runner, coco: CocoDetection, preprocess_fn: PreprocessFn, post: dict,
+                  limit: int | None = None) -> dict:
+    return coco_map(coco, predict_detections(runner, coco, preprocess_fn, post, limit))
+
+
+def predict_masks(runner: Runner, pairs: Sequence[tuple[Path, Path]], preprocess_fn: PreprocessFn,
+                  limit: int | None = None) -> list[np.ndarray]:
+    out = []
+    for img_path, _ in list(pairs)[:limit]:
+        tensor, lb = preprocess_fn(read_image(img_path))
+        out.append(decode_mask(runner(tensor[None])[0], lb))
+    return out
+
+
+def score_masks(preds: Sequence[np.ndarray], truths: Sequence[np.ndarray], class_names, thin_classes) -> dict:
+    meter = SegMeter(class_names, thin_classes)
+    for p, t in zip(preds, truths, strict=True):
+        meter.update(p, t)
+    return meter.compute()
+
+
+def load_truth_masks(pairs: Sequence[tuple[Path, Path]], lut: np.ndarray, limit: int | None = None):
+    return [read_mask(m, lut) for _, m in list(pairs)[:limit]]

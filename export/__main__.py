@@ -1,0 +1,100 @@
+"""python -m export --run runs/demo [--checkpoint best|last]
+
+For each model trained in the run: ONNX fp32 (contract in metadata, torch parity checked on two inputs)
+and static INT8 QDQ calibrated on training images. Writes runs/<name>/export/ and its manifest.json.
+"""
+
+from __future__ import annotations
+
+import argparse
+import hashlib
+import json
+import sys
+from pathlib import Path
+
+import numpy as np
+
+from datasets.config import DatasetError, load_dataset_config
+from deploy.preprocess import ImageReadError, PreprocessSpec, preprocess, read_image
+from export.onnx_export import contract_from_checkpoint, export_onnx, parity
+from export.quantize import file_mb, quantize_int8, sample_paths
+from train.checkpoint import CheckpointError, load_checkpoint, model_from_checkpoint
+from train.data import build_dataset
+
+PARITY_TOL = 1e-4  # max |torch - ORT| relative to the output's range
+
+
+def get_args_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="python -m export", description=__doc__)
+    p.add_argument("--run", required=True, help="run directory holding detector/ and/or segmenter/")
+    p.add_argument("--checkpoint", default="best", choices=["best", "last"])
+    p.add_argument("--calib-images", type=int, default=None, help="override the config's calib_images")
+    return p
+
+
+def training_images(ckpt: dict) -> list[Path]:
+    data = load_dataset_config(ckpt["config"]["data"])
+    ds = build_dataset(ckpt["kind"], data, "train", PreprocessSpec.from_dict(ckpt["preprocess"]))
+    if ckpt["kind"] == "detector":
+        return [r.path for r in ds.coco.records]
+    return [img for img, _ in ds.pairs]
+
+
+def sha256(path: Path) -> str:
+    return hashlib.sha256(path.read_bytes()).hexdigest()
+
+
+def export_one(kind: str, ckpt_path: Path, out_dir: Path, calib_images: int | None) -> list[dict]:
+    ckpt = load_checkpoint(ckpt_path)
+    model = model_from_checkpoint(ckpt)
+    contract = contract_from_checkpoint(ckpt)
+    fp32 = export_onnx(model, contract, out_dir / f"{kind}.onnx", opset=ckpt["config"]["export"]["opset"])
+    images = training_images(ckpt)
+    spec = contract.preprocess
+    H, W = spec.input_size
+    real, _ = preprocess(read_image(images[0]), spec)
+    rand = np.random.default_rng(0).integers(0, 256, (1, 3, H, W), dtype=np.uint8)
+    err = parity(model, fp32, [rand, real[None]])
+    if err > PARITY_TOL:
+        raise RuntimeError(f"{fp32}: ONNX Runtime differs from torch by {err:.2e} (> {PARITY_TOL}); not exported")
+    n = calib_images or ckpt["config"]["export"]["calib_images"]
+    calib = sample_paths(images, n)
+    method = ckpt["config"]["export"]["calib_method"]
+    int8 = out_dir / f"{kind}.int8.onnx"
+    kept = quantize_int8(fp32, int8, contract, calib, method)
+    print(f"{kind}: fp32 {file_mb(fp32):.2f} MB (parity {err:.1e}), int8 {file_mb(int8):.2f} MB "
+          f"({len(calib)} calibration images, {method}, float: {kept})", flush=True)
+    common = {"model": kind, "config_hash": contract.config_hash, "checkpoint": str(ckpt_path)}
+    return [
+        {**common, "file": fp32.name, "precision": "fp32", "target": "onnxruntime-cpu",
+         "size_bytes": fp32.stat().st_size, "sha256": sha256(fp32), "parity_max_rel_err": err},
+        {**common, "file": int8.name, "precision": "int8", "target": "onnxruntime-cpu,tensorrt-qdq",
+         "size_bytes": int8.stat().st_size, "sha256": sha256(int8), "calibration_images": len(calib),
+         "calibration_method": method, "float_nodes": kept},
+    ]
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = get_args_parser().parse_args(argv)
+    run = Path(args.run)
+    out_dir = run / "export"
+    out_dir.mkdir(parents=True, exist_ok=True)
+    try:
+        entries = []
+        for kind in ("detector", "segmenter"):
+            ckpt_path = run / kind / f"{args.checkpoint}.pt"
+            if ckpt_path.is_file():
+                entries += export_one(kind, ckpt_path, out_dir, args.calib_images)
+        if not entries:
+            raise CheckpointError(f"{run}: no detector/ or segmenter/ checkpoint; run `make train` first")
+        tmp = out_dir / "manifest.json.tmp"
+        tmp.write_text(json.dumps({"files": entries}, indent=2))
+        tmp.replace(out_dir / "manifest.json")
+        return 0
+    except (CheckpointError, DatasetError, ImageReadError, RuntimeError, ValueError) as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+
+
+if __name__ == "__main__":
+    sys.exit(main())

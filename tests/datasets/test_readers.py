@@ -1,0 +1,79 @@
+import json
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+
+from datasets.coco import CocoDetection
+from datasets.config import DatasetError, load_dataset_config
+from datasets.masks import read_mask, value_lut
+from tests.conftest import REPO, SHARED
+
+needs_shared = pytest.mark.skipif(not SHARED.is_dir(), reason="../shared/data is not present")
+
+
+@needs_shared
+def test_coco128_loads_unchanged_with_crowd_and_unlabeled_images():
+    cfg = load_dataset_config(REPO / "configs/data/coco128.yaml")
+    s = cfg.detection_split("train")
+    coco = CocoDetection(cfg.path(s.images), cfg.path(s.annotations))
+    assert len(coco) == 128
+    assert len(coco.class_names) == 80 and coco.category_ids[:3] == [1, 2, 3]
+    assert sum(int(r.crowd.sum()) for r in coco.records) == 10
+    assert any(len(r.boxes) == 0 for r in coco.records)  # images without labels are kept
+    assert all(r.path.is_file() for r in coco.records)
+
+
+@needs_shared
+def test_crackforest_binary_masks_map_to_classes_with_fixed_split():
+    cfg = load_dataset_config(REPO / "configs/data/crackforest.yaml")
+    train, val = cfg.segmentation_pairs("train"), cfg.segmentation_pairs("val")
+    assert (len(train), len(val)) == (94, 24)
+    assert not {a for a, _ in train} & {a for a, _ in val}
+    assert val == cfg.segmentation_pairs("val")  # fixed seed: same split every time
+    m = read_mask(train[0][1], value_lut(cfg.segmentation))
+    assert set(np.unique(m)) <= {0, 1} and m.max() == 1
+
+
+def test_malformed_coco_json_is_one_line_naming_the_file(tmp_path):
+    bad = tmp_path / "instances_bad.json"
+    bad.write_text('{"images": [], "annotations": [,]}')
+    with pytest.raises(DatasetError, match=r"instances_bad.json: malformed COCO JSON \(line 1") as e:
+        CocoDetection(tmp_path, bad)
+    assert "\n" not in str(e.value)
+    bad.write_text(json.dumps({"images": [{"id": 1}], "annotations": [], "categories": []}))
+    with pytest.raises(DatasetError, match="lacks"):
+        CocoDetection(tmp_path, bad)
+
+
+def test_train_cli_reports_broken_annotations_without_traceback(tmp_path, tiny_data):
+    text = tiny_data.read_text().replace(str(tiny_data.parent / "data"), str(tmp_path))
+    (tmp_path / "images" / "train").mkdir(parents=True)
+    (tmp_path / "annotations").mkdir()
+    (tmp_path / "annotations" / "instances_train.json").write_text("{ not json")
+    data = tmp_path / "data.yaml"
+    data.write_text(text)
+    exp = tmp_path / "exp.yaml"
+    exp.write_text(f"name: x\ndata: {data}\ndetector: {{train: {{epochs: 1}}}}\n")
+    r = subprocess.run([sys.executable, "-m", "train", "--config", str(exp), "--out", str(tmp_path / "run")],
+                       cwd=REPO, capture_output=True, text=True)
+    assert r.returncode == 2
+    assert "Traceback" not in r.stderr
+    assert r.stderr.strip().count("\n") == 0 and "instances_train.json: malformed COCO JSON" in r.stderr
+
+
+def test_corrupt_jpeg_in_training_data_is_one_line(tmp_path, tiny_data):
+    import shutil
+
+    root = tmp_path / "copy"
+    shutil.copytree(tiny_data.parent / "data", root)
+    (root / "images" / "train" / "000003.jpg").write_bytes(b"\xff\xd8garbage")
+    data = tmp_path / "data.yaml"
+    data.write_text(tiny_data.read_text().replace(str(tiny_data.parent / "data"), str(root)))
+    exp = tmp_path / "exp.yaml"
+    exp.write_text(f"name: x\ndata: {data}\ndetector: {{input_size: [64, 64], train: {{epochs: 1}}}}\n")
+    r = subprocess.run([sys.executable, "-m", "train", "--config", str(exp), "--out", str(tmp_path / "run")],
+                       cwd=REPO, capture_output=True, text=True)
+    assert r.returncode == 2 and "Traceback" not in r.stderr
+    assert "000003.jpg: cannot decode image" in r.stderr.strip().splitlines()[-1]

@@ -1,0 +1,22 @@
+import subprocess
+import sys
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parents[2]
+
+
+def test_runtime_import_and_cli_do_not_import_torch():
+    code = (
+        "import sys, deploy, deploy.runtime, deploy.preprocess, deploy.postprocess, deploy.contract\n"
+        "import deploy.__main__\n"
+        "assert 'torch' not in sys.modules, 'deploy imported torch'\n"
+    )
+    subprocess.run([sys.executable, "-c", code], cwd=REPO, check=True)
+
+
+def test_no_torch_import_lines_under_deploy():
+    offenders = [
+        str(p) for p in (REPO / "deploy").rglob("*.py")
+        if any(line.strip().startswith(("import torch", "from torch")) for line in p.read_text().splitlines())
+    ]
+    assert offenders == []

@@ -1,0 +1,38 @@
+import numpy as np
+
+from deploy.postprocess import decode_detections, decode_mask
+from deploy.preprocess import PreprocessSpec, compute_letterbox
+
+
+def _logit(p):
+    return np.log(p / (1 - p))
+
+
+def test_nms_is_class_aware_and_thresholded():
+    boxes = np.array([[10, 10, 50, 50], [12, 12, 52, 52], [10, 10, 50, 50], [100, 100, 120, 120]], np.float32)
+    logits = np.full((4, 3), _logit(0.01), np.float32)
+    logits[0, 0], logits[1, 0] = _logit(0.9), _logit(0.8)  # overlapping, same class: one survives
+    logits[2, 1] = _logit(0.7)  # same place, other class: kept
+    logits[3, 2] = _logit(0.02)  # below threshold: dropped
+    lb = compute_letterbox((64, 64), PreprocessSpec(input_size=(64, 64)))
+    d = decode_detections(logits[None], boxes[None], lb, conf_thres=0.05, iou_thres=0.5)
+    assert len(d) == 2
+    np.testing.assert_allclose(d.scores, [0.9, 0.7], atol=1e-5)
+    assert d.labels.tolist() == [0, 1]
+
+
+def test_boxes_come_back_in_source_pixels():
+    spec = PreprocessSpec(input_size=(320, 320))
+    lb = compute_letterbox((240, 320), spec)  # 40 px of padding on top
+    logits = np.array([[_logit(0.9)]], np.float32)
+    d = decode_detections(logits, np.array([[10, 50, 30, 90]], np.float32), lb, conf_thres=0.5)
+    np.testing.assert_allclose(d.boxes, [[10, 10, 30, 50]])
+
+
+def test_decode_mask_argmax_and_crop():
+    spec = PreprocessSpec(input_size=(8, 8))
+    lb = compute_letterbox((4, 8), spec)  # pad 2 rows top and bottom
+    logits = np.zeros((1, 3, 8, 8), np.float32)
+    logits[0, 2, 2:6, :4] = 5.0
+    m = decode_mask(logits, lb)
+    assert m.shape == (4, 8) and (m[:, :4] == 2).all() and (m[:, 4:] == 0).all()

@@ -1,0 +1,35 @@
+import numpy as np
+
+from datasets.coco import CocoDetection
+from datasets.config import load_dataset_config
+from deploy.postprocess import Detections
+from evaluate.metrics import SegMeter, coco_map
+
+
+def test_coco_map_is_one_for_ground_truth_and_drops_for_shifted_boxes(tiny_data):
+    cfg = load_dataset_config(tiny_data)
+    s = cfg.detection_split("val")
+    coco = CocoDetection(cfg.path(s.images), cfg.path(s.annotations))
+    perfect = {r.image_id: Detections(r.boxes, np.ones(len(r.boxes), np.float32), r.labels) for r in coco.records}
+    m = coco_map(coco, perfect)
+    assert m["map"] > 0.99 and m["map50"] > 0.99
+    shifted = {k: Detections(d.boxes + 30, d.scores, d.labels) for k, d in perfect.items()}
+    assert coco_map(coco, shifted)["map"] < 0.2
+    assert coco_map(coco, {})["map"] == 0.0
+
+
+def test_seg_meter_on_a_hand_made_thin_line():
+    truth = np.zeros((10, 10), np.uint8)
+    truth[5, :] = 1  # a 1 px wire
+    pred = np.zeros_like(truth)
+    pred[5, :5] = 1  # half found
+    meter = SegMeter(["background", "wire"], ["wire"])
+    meter.update(pred, truth)
+    r = meter.compute()
+    assert r["thin_iou"] == 0.5
+    assert abs(r["iou"]["background"] - 90 / 95) < 1e-9
+    ignored = truth.copy()
+    ignored[5, 5:] = 255  # unscored pixels do not count
+    meter = SegMeter(["background", "wire"], ["wire"])
+    meter.update(pred, ignored)
+    assert meter.compute()["thin_iou"] == 1.0

@@ -1,0 +1,45 @@
+import numpy as np
+
+from datasets.config import load_dataset_config
+from deploy.preprocess import PreprocessSpec, read_image
+from deploy.runtime import OrtModel
+from train.data import DetectionDataset, SegmentationDataset
+from tests.conftest import SHARED
+
+
+def test_training_path_and_runtime_give_identical_input_tensors(tiny_run, tiny_data):
+    """The preprocessing contract: a sample from the training data path is bit-identical to the tensor
+    the deployed runtime builds from the same file, using only the ONNX file's own metadata."""
+    data = load_dataset_config(tiny_data)
+    for kind in ("detector", "segmenter"):
+        rt = OrtModel(tiny_run / "export" / f"{kind}.onnx")
+        spec = rt.contract.preprocess
+        ds = DetectionDataset(data, "val", spec) if kind == "detector" else SegmentationDataset(data, "val", spec)
+        paths = [r.path for r in ds.coco.records] if kind == "detector" else [a for a, _ in ds.pairs]
+        for i in range(3):
+            train_tensor = ds[i][0].numpy()
+            runtime_tensor, _ = rt.prepare(read_image(paths[i]))
+            np.testing.assert_array_equal(train_tensor, runtime_tensor)
+
+
+def test_real_photo_through_training_path_matches_runtime_preprocess(tiny_run):
+    from tests.conftest import REPO
+
+    if not SHARED.is_dir():
+        import pytest
+
+        pytest.skip("../shared/data is not present")
+    data = load_dataset_config(REPO / "configs/data/coco128.yaml")
+    rt = OrtModel(tiny_run / "export" / "detector.onnx")
+    ds = DetectionDataset(data, "train", rt.contract.preprocess)
+    for i in (0, 7):  # 640x480 and portrait photos: real downscaling letterbox
+        np.testing.assert_array_equal(ds[i][0].numpy(), rt.prepare(read_image(ds.coco.records[i].path))[0])
+
+
+def test_boxes_follow_the_letterbox(tiny_data):
+    data = load_dataset_config(tiny_data)
+    spec = PreprocessSpec(input_size=(320, 320))
+    ds = DetectionDataset(data, "train", spec)
+    rec = ds.coco.records[0]
+    _, t = ds[0]
+    np.testing.assert_allclose(t["boxes"].numpy(), rec.boxes + np.array([0, 40, 0, 40], np.float32))

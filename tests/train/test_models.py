@@ -1,0 +1,65 @@
+import pytest
+import torch
+
+from train.checkpoint import CheckpointError, load_checkpoint, model_from_checkpoint, save_checkpoint
+from train.losses import DetectionLoss, SegmentationLoss, assign_targets
+from train.models import Detector, Segmenter
+
+
+def test_detector_takes_uint8_and_returns_points_in_forward_order():
+    m = Detector(num_classes=4, channels=16, head_convs=1).eval()
+    x = torch.randint(0, 256, (2, 3, 128, 160), dtype=torch.uint8)
+    logits, boxes = m(x)
+    pts, strides = m.points((128, 160))
+    n = sum((128 // s) * (160 // s) for s in (8, 16, 32))
+    assert logits.shape == (2, n, 4) and boxes.shape == (2, n, 4) and pts.shape == (n, 2)
+    centre = (boxes[..., :2] + boxes[..., 2:]) / 2  # boxes start symmetric around their point
+    torch.testing.assert_close(centre[0], pts, atol=1e-3, rtol=0)
+    assert strides[0] == 8 and strides[-1] == 32
+
+
+def test_segmenter_outputs_logits_at_input_resolution():
+    m = Segmenter(num_classes=4, channels=16).eval()
+    out = m(torch.zeros(1, 3, 96, 128, dtype=torch.uint8))
+    assert out.shape == (1, 4, 96, 128)
+
+
+def test_assignment_gives_every_box_positives_even_tiny_ones():
+    pts, strides = Detector(num_classes=1, channels=16, head_convs=1).points((128, 128))
+    gt = torch.tensor([[10.0, 10, 90, 90], [100, 100, 104, 104]])  # big, and smaller than a stride
+    match = assign_targets(pts, strides, gt)
+    assert (match == 0).sum() > 0 and (match == 1).sum() == 1
+    assert set(match.unique().tolist()) == {-1, 0, 1}
+
+
+def test_losses_are_finite_and_learn_a_batch():
+    torch.manual_seed(0)
+    m = Detector(num_classes=2, channels=16, head_convs=1)
+    crit = DetectionLoss(*m.points((64, 64)), 2)
+    x = torch.randint(0, 256, (2, 3, 64, 64), dtype=torch.uint8)
+    targets = [{"boxes": torch.tensor([[8.0, 8, 40, 40]]), "labels": torch.tensor([1])},
+               {"boxes": torch.zeros(0, 4), "labels": torch.zeros(0, dtype=torch.long)}]
+    opt = torch.optim.AdamW(m.parameters(), lr=3e-3)
+    first = None
+    for _ in range(8):
+        loss = crit(*m(x), targets)["loss"]
+        first = first if first is not None else float(loss.detach())
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+    assert torch.isfinite(loss) and float(loss) < first
+    seg_loss = SegmentationLoss(3)(torch.randn(1, 3, 8, 8), torch.full((1, 8, 8), 255))
+    assert torch.isfinite(seg_loss["loss"])  # all pixels ignored: still finite
+
+
+def test_checkpoint_is_self_describing_and_weights_only(tmp_path):
+    args = dict(num_classes=3, channels=16, head_convs=1)
+    m = Detector(**args).eval()
+    save_checkpoint(tmp_path / "a.pt", m, {"kind": "detector", "model_args": args, "class_names": ["a", "b", "c"]})
+    ck = torch.load(tmp_path / "a.pt", weights_only=True)  # no pickled code
+    m2 = model_from_checkpoint(ck)
+    x = torch.randint(0, 256, (1, 3, 64, 64), dtype=torch.uint8)
+    torch.testing.assert_close(m(x)[0], m2(x)[0])
+    (tmp_path / "bad.pt").write_bytes(b"not a checkpoint")
+    with pytest.raises(CheckpointError, match="bad.pt"):
+        load_checkpoint(tmp_path / "bad.pt")

@@ -1,0 +1,1 @@
+"""Training: models, losses, data path, loop, self-describing checkpoints."""

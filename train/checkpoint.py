@@ -1,0 +1,52 @@
+"""Self-describing checkpoints: tensors and plain data only, loadable with torch.load(weights_only=True).
+
+A checkpoint carries what rebuilds and deploys the model without the config file: the model kind and
+constructor arguments, class names, the preprocessing spec, postprocess settings, the config and its hash.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import torch
+from torch import nn
+
+from train.models import build_model
+
+FORMAT = "edge-vision/1"
+
+
+class CheckpointError(ValueError):
+    pass
+
+
+def save_checkpoint(path: str | Path, model: nn.Module, meta: dict, **extra) -> None:
+    """Atomic write: a kill during save leaves the previous checkpoint intact."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    ckpt = {"format": FORMAT, **meta, "state_dict": model.state_dict(), **extra}
+    tmp = path.with_name(path.name + ".tmp")
+    torch.save(ckpt, tmp)
+    os.replace(tmp, path)
+
+
+def load_checkpoint(path: str | Path) -> dict:
+    path = Path(path)
+    if not path.is_file():
+        raise CheckpointError(f"{path}: checkpoint not found; run `make train` first")
+    try:
+        ckpt = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as e:  # pickle / zip errors from a truncated or foreign file
+        raise CheckpointError(f"{path}: not a loadable edge-vision checkpoint ({type(e).__name__}); retrain") from None
+    if not isinstance(ckpt, dict) or ckpt.get("format") != FORMAT:
+        raise CheckpointError(f"{path}: not an edge-vision checkpoint (format {ckpt.get('format')!r})")
+    return ckpt
+
+
+def model_from_checkpoint(ckpt: dict) -> nn.Module:
+    args = dict(ckpt["model_args"])
+    args.pop("backbone_weights", None)  # the trained weights replace the ImageNet init
+    model = build_model(ckpt["kind"], args)
+    model.load_state_dict(ckpt["state_dict"])
+    return model.eval()

@@ -1,0 +1,140 @@
+"""Experiment configs: YAML -> dataclasses, with unknown keys refused and a stable config hash."""
+
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import json
+import types
+import typing
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+import yaml
+
+from datasets.config import DatasetConfig, load_dataset_config
+from deploy.preprocess import PreprocessSpec
+
+
+class ConfigError(ValueError):
+    pass
+
+
+@dataclass
+class ModelConfig:
+    backbone: str = "mobilenet_v3_small"  # mobilenet_v3_small | mobilenet_v3_large
+    width_mult: float = 1.0
+    channels: int = 64  # FPN-lite / decoder width
+    head_convs: int = 2
+    backbone_weights: str | None = None  # local torchvision ImageNet checkpoint; never downloaded
+
+
+@dataclass
+class ScheduleConfig:
+    epochs: int = 10
+    batch_size: int = 16
+    lr: float = 2e-3
+    weight_decay: float = 1e-4
+    warmup_iters: int = 50
+    grad_clip: float = 10.0
+    workers: int = 0
+    augment: str = "flip"  # none | flip
+    seed: int = 0
+    cache_images: bool = True  # keep decoded training images in memory
+
+
+@dataclass
+class LossConfig:
+    box_weight: float = 2.0  # detector: GIoU weight vs focal classification
+    dice_weight: float = 1.0  # segmenter: soft Dice over non-background classes
+    class_weights: list[float] | None = None  # segmenter: cross-entropy weight per class
+
+
+@dataclass
+class PostprocessConfig:
+    conf_thres: float = 0.05
+    iou_thres: float = 0.6
+    max_det: int = 100
+
+
+@dataclass
+class TaskConfig:
+    input_size: list[int] = field(default_factory=lambda: [320, 320])  # (H, W)
+    channel_order: str = "RGB"
+    resize: str = "letterbox"
+    interpolation: str = "linear"
+    pad_value: int = 114
+    model: ModelConfig = field(default_factory=ModelConfig)
+    train: ScheduleConfig = field(default_factory=ScheduleConfig)
+    loss: LossConfig = field(default_factory=LossConfig)
+    postprocess: PostprocessConfig = field(default_factory=PostprocessConfig)
+
+    def preprocess_spec(self) -> PreprocessSpec:
+        return PreprocessSpec(
+            input_size=tuple(self.input_size),
+            channel_order=self.channel_order,
+            resize=self.resize,
+            interpolation=self.interpolation,
+            pad_value=self.pad_value,
+        )
+
+
+@dataclass
+class ExportConfig:
+    calib_images: int = 200  # training images for INT8 calibration
+    calib_method: str = "minmax"  # minmax | entropy | percentile
+    opset: int = 18  # the dynamo exporter's lowest; TensorRT 10 and ORT 1.17+ take it
+
+
+@dataclass
+class ExperimentConfig:
+    name: str
+    data: str  # dataset config path
+    detector: TaskConfig | None = None
+    segmenter: TaskConfig | None = None
+    export: ExportConfig = field(default_factory=ExportConfig)
+
+    def dataset(self) -> DatasetConfig:
+        return load_dataset_config(self.data)
+
+    def hash(self) -> str:
+        """sha256 over this config and the dataset config it names (16 hex chars)."""
+        payload = {"experiment": asdict(self), "dataset": asdict(self.dataset())}
+        payload["dataset"].pop("source", None)
+        return hashlib.sha256(json.dumps(payload, sort_keys=True).encode()).hexdigest()[:16]
+
+
+def _build(cls: type, raw: dict, where: str):
+    """Recursively build dataclass `cls` from a dict, refusing unknown keys with their dotted path."""
+    if not isinstance(raw, dict):
+        raise ConfigError(f"{where}: expected a mapping, got {type(raw).__name__}")
+    hints = typing.get_type_hints(cls)
+    names = {f.name for f in dataclasses.fields(cls)}
+    unknown = sorted(set(raw) - names)
+    if unknown:
+        raise ConfigError(f"{where}: unknown key(s) {unknown}; allowed: {sorted(names)}")
+    kwargs = {}
+    for k, v in raw.items():
+        t = hints[k]
+        inner = [a for a in typing.get_args(t) if a is not type(None)] if isinstance(t, types.UnionType) else [t]
+        target = inner[0] if inner else t
+        kwargs[k] = _build(target, v, f"{where}.{k}") if dataclasses.is_dataclass(target) and v is not None else v
+    return cls(**kwargs)
+
+
+def load_config(path: str | Path) -> ExperimentConfig:
+    path = Path(path)
+    try:
+        raw = yaml.safe_load(path.read_text())
+    except FileNotFoundError:
+        raise ConfigError(f"{path}: config not found") from None
+    except yaml.YAMLError as e:
+        raise ConfigError(f"{path}: invalid YAML ({str(e).splitlines()[0]})") from None
+    try:
+        cfg = _build(ExperimentConfig, raw or {}, str(path))
+    except TypeError as e:
+        raise ConfigError(f"{path}: {e}") from None
+    for task in (cfg.detector, cfg.segmenter):
+        if task is not None:
+            task.preprocess_spec()  # validates channel order, resize rule, sizes
+    return cfg

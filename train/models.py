@@ -1,0 +1,207 @@
+"""MobileNetV3 + FPN-lite anchor-free detector and MobileNetV3 segmenter with a high-resolution branch.
+
+Both take uint8 (B, 3, H, W) images: normalisation is the first layer, so the exported ONNX takes what a
+camera gives. The module that is trained is the module that is exported: forward() returns the same
+tensors in training and in ONNX, and losses are computed outside the model.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+from torchvision.models.mobilenetv3 import MobileNetV3, _mobilenet_v3_conf
+
+IMAGENET_MEAN = (0.485, 0.456, 0.406)  # RGB
+IMAGENET_STD = (0.229, 0.224, 0.225)
+
+
+class InputNormalize(nn.Module):
+    """uint8 (B, 3, H, W) in the contract's channel order -> float, ImageNet-normalised."""
+
+    def __init__(self, channel_order: str = "RGB"):
+        super().__init__()
+        mean, std = IMAGENET_MEAN, IMAGENET_STD
+        if channel_order == "BGR":
+            mean, std = mean[::-1], std[::-1]
+        self.register_buffer("mean", torch.tensor(mean).view(1, 3, 1, 1) * 255.0)
+        self.register_buffer("inv_std", 1.0 / (torch.tensor(std).view(1, 3, 1, 1) * 255.0))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return (x.float() - self.mean) * self.inv_std
+
+
+class MobileNetV3Backbone(nn.Module):
+    """torchvision MobileNetV3 `features`, split into stages that end at the requested strides."""
+
+    def __init__(self, arch: str, width_mult: float, out_strides: tuple[int, ...], weights: str | None = None):
+        super().__init__()
+        if arch not in ("mobilenet_v3_small", "mobilenet_v3_large"):
+            raise ValueError(f"backbone {arch!r} is not one of mobilenet_v3_small, mobilenet_v3_large")
+        setting, last_channel = _mobilenet_v3_conf(arch, width_mult=width_mult)
+        features = MobileNetV3(setting, last_channel).features
+        for m in features.modules():
+            if isinstance(m, nn.BatchNorm2d):
+                m.momentum = 0.1  # torchvision's 0.01 suits ImageNet-length schedules; short runs need 0.1
+        if weights:
+            load_backbone_weights(features, weights)
+        # find the last layer at each stride with a dry run on a small image
+        strides, x = [], torch.zeros(1, 3, 64, 64)
+        with torch.no_grad():
+            for layer in features:
+                x = layer(x)
+                strides.append(64 // x.shape[-1])
+        stages, channels, start = [], [], 0
+        for s in out_strides:
+            if s not in strides:
+                raise ValueError(f"{arch} has no stride-{s} feature (has {sorted(set(strides))})")
+            end = max(i for i, v in enumerate(strides) if v == s) + 1
+            stages.append(nn.Sequential(*features[start:end]))
+            channels.append(_out_channels(stages[-1]))
+            start = end
+        self.stages = nn.ModuleList(stages)
+        self.out_channels = channels
+        self.out_strides = tuple(out_strides)
+
+    def forward(self, x: torch.Tensor) -> list[torch.Tensor]:
+        feats = []
+        for stage in self.stages:
+            x = stage(x)
+            feats.append(x)
+        return feats
+
+
+def _out_channels(seq: nn.Sequential) -> int:
+    convs = [m for m in seq.modules() if isinstance(m, nn.Conv2d)]
+    return convs[-1].out_channels
+
+
+def load_backbone_weights(features: nn.Sequential, path: str) -> None:
+    """Load `features.*` from a local torchvision ImageNet checkpoint (state dict file)."""
+    if not Path(path).is_file():
+        raise FileNotFoundError(f"{path}: backbone checkpoint not found (weights are never downloaded)")
+    sd = torch.load(path, map_location="cpu", weights_only=True)
+    sd = {k[len("features.") :]: v for k, v in sd.items() if k.startswith("features.")}
+    missing, unexpected = features.load_state_dict(sd, strict=False)
+    if missing or unexpected:
+        raise ValueError(f"{path}: not a matching torchvision MobileNetV3 checkpoint ({len(missing)} missing keys)")
+
+
+def conv_bn_relu(cin: int, cout: int, k: int = 1, stride: int = 1, groups: int = 1) -> nn.Sequential:
+    return nn.Sequential(
+        nn.Conv2d(cin, cout, k, stride, k // 2, groups=groups, bias=False), nn.BatchNorm2d(cout), nn.ReLU(inplace=True)
+    )
+
+
+def dw_sep(cin: int, cout: int) -> nn.Sequential:
+    """Depthwise 3x3 + pointwise 1x1: the FPN-lite building block."""
+    return nn.Sequential(conv_bn_relu(cin, cin, 3, groups=cin), conv_bn_relu(cin, cout, 1))
+
+
+class FPNLite(nn.Module):
+    def __init__(self, in_channels: list[int], channels: int):
+        super().__init__()
+        self.lateral = nn.ModuleList(conv_bn_relu(c, channels, 1) for c in in_channels)
+        self.smooth = nn.ModuleList(dw_sep(channels, channels) for _ in in_channels)
+
+    def forward(self, feats: list[torch.Tensor]) -> list[torch.Tensor]:
+        lat = [lateral(f) for lateral, f in zip(self.lateral, feats, strict=True)]
+        for i in range(len(lat) - 2, -1, -1):  # top-down
+            lat[i] = lat[i] + F.interpolate(lat[i + 1], size=lat[i].shape[-2:], mode="nearest")
+        return [smooth(p) for smooth, p in zip(self.smooth, lat, strict=True)]
+
+
+class Detector(nn.Module):
+    """Anchor-free one-stage detector (FCOS-style points, quality-focal classification, GIoU boxes)."""
+
+    strides = (8, 16, 32)
+
+    def __init__(self, num_classes: int, backbone: str = "mobilenet_v3_small", width_mult: float = 1.0,
+                 channels: int = 64, head_convs: int = 2, channel_order: str = "RGB",
+                 backbone_weights: str | None = None):
+        super().__init__()
+        self.num_classes = num_classes
+        self.normalize = InputNormalize(channel_order)
+        self.backbone = MobileNetV3Backbone(backbone, width_mult, self.strides, backbone_weights)
+        self.fpn = FPNLite(self.backbone.out_channels, channels)
+        self.cls_tower = nn.Sequential(*[dw_sep(channels, channels) for _ in range(head_convs)])
+        self.reg_tower = nn.Sequential(*[dw_sep(channels, channels) for _ in range(head_convs)])
+        self.cls_out = nn.Conv2d(channels, num_classes, 1)
+        self.reg_out = nn.Conv2d(channels, 4, 1)
+        nn.init.constant_(self.cls_out.bias, -4.6)  # prior p = 0.01
+        nn.init.constant_(self.reg_out.bias, 1.5)  # softplus(1.5) * stride ~ a stride-sized start box
+
+    def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """x (B, 3, H, W) uint8 -> cls_logits (B, N, C), boxes (B, N, 4) xyxy in input pixels."""
+        feats = self.fpn(self.backbone(self.normalize(x)))
+        logits, boxes = [], []
+        for f, s in zip(feats, self.strides, strict=True):
+            b, _, h, w = f.shape
+            cls = self.cls_out(self.cls_tower(f))  # (B, C, h, w)
+            dist = F.softplus(self.reg_out(self.reg_tower(f))) * s  # (B, 4, h, w) l, t, r, b in pixels
+            pts = level_points(h, w, s, f.device)  # (h*w, 2)
+            dist = dist.flatten(2).transpose(1, 2)  # (B, h*w, 4)
+            boxes.append(torch.cat([pts - dist[..., :2], pts + dist[..., 2:]], dim=-1))
+            logits.append(cls.flatten(2).transpose(1, 2))  # (B, h*w, C)
+        return torch.cat(logits, 1), torch.cat(boxes, 1)
+
+    def points(self, input_hw: tuple[int, int]) -> tuple[torch.Tensor, torch.Tensor]:
+        """Centres (N, 2) and strides (N,) of all output locations, in forward()'s order."""
+        pts, strides = [], []
+        for s in self.strides:
+            h, w = -(-input_hw[0] // s), -(-input_hw[1] // s)
+            pts.append(level_points(h, w, s, torch.device("cpu")))
+            strides.append(torch.full((h * w,), float(s)))
+        return torch.cat(pts), torch.cat(strides)
+
+
+def level_points(h: int, w: int, stride: int, device: torch.device) -> torch.Tensor:
+    ys = (torch.arange(h, device=device, dtype=torch.float32) + 0.5) * stride
+    xs = (torch.arange(w, device=device, dtype=torch.float32) + 0.5) * stride
+    yy, xx = torch.meshgrid(ys, xs, indexing="ij")
+    return torch.stack([xx.reshape(-1), yy.reshape(-1)], dim=-1)  # (h*w, 2) as (x, y)
+
+
+class Segmenter(nn.Module):
+    """LR-ASPP-style context head at stride 16 + detail branches at strides 4 and 2; logits at input size."""
+
+    def __init__(self, num_classes: int, backbone: str = "mobilenet_v3_small", width_mult: float = 1.0,
+                 channels: int = 64, head_convs: int = 1, channel_order: str = "RGB",
+                 backbone_weights: str | None = None):
+        super().__init__()
+        self.num_classes = num_classes
+        self.normalize = InputNormalize(channel_order)
+        self.backbone = MobileNetV3Backbone(backbone, width_mult, (2, 4, 8, 16), backbone_weights)
+        c2, c4, c8, c16 = self.backbone.out_channels
+        self.context = conv_bn_relu(c16, channels, 1)  # LR-ASPP: 1x1 branch gated by global context
+        self.gate = nn.Sequential(nn.AdaptiveAvgPool2d(1), nn.Conv2d(c16, channels, 1), nn.Sigmoid())
+        self.fuse8 = dw_sep(channels + c8, channels)
+        self.fuse4 = dw_sep(channels + c4, channels // 2)
+        self.fuse2 = nn.Sequential(*[dw_sep(channels // 2 + c2 if i == 0 else channels // 2, channels // 2)
+                                     for i in range(max(1, head_convs))])
+        self.classifier = nn.Conv2d(channels // 2, num_classes, 1)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        """x (B, 3, H, W) uint8 -> logits (B, K, H, W)."""
+        size = x.shape[-2:]
+        f2, f4, f8, f16 = self.backbone(self.normalize(x))
+        y = self.context(f16) * self.gate(f16)  # (B, C, H/16, W/16)
+        y = self.fuse8(torch.cat([F.interpolate(y, size=f8.shape[-2:], mode="bilinear"), f8], 1))
+        y = self.fuse4(torch.cat([F.interpolate(y, size=f4.shape[-2:], mode="bilinear"), f4], 1))
+        y = self.fuse2(torch.cat([F.interpolate(y, size=f2.shape[-2:], mode="bilinear"), f2], 1))
+        return F.interpolate(self.classifier(y), size=size, mode="bilinear")  # (B, K, H, W)
+
+
+def build_model(kind: str, model_args: dict) -> nn.Module:
+    """Explicit constructor dispatch; model_args are what the checkpoint stores."""
+    if kind == "detector":
+        return Detector(**model_args)
+    elif kind == "segmenter":
+        return Segmenter(**model_args)
+    raise ValueError(f"unknown model kind {kind!r} (detector | segmenter)")
+
+
+def count_params(model: nn.Module) -> int:
+    return sum(p.numel() for p in model.parameters())
