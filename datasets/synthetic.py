@@ -112,7 +112,8 @@ def _draw_object(rng, img, occ, cls: int, x0: int, y0: int, bw: int, bh: int) ->
             cx, cy, r = (x0 + x1) // 2, (y0 + y1) // 2, max(3, min(bw, bh) // 2)
             cv2.circle(canvas, (cx, cy), r, c((30, 30, 210)), -1)
             cv2.circle(canvas, (cx, cy), max(1, int(r * 0.7)), c((240, 240, 240)), -1)
-            cv2.rectangle(canvas, (cx - r // 2, cy - max(1, r // 8)), (cx + r // 2, cy + max(1, r // 8)), c((20, 20, 20)), -1)
+            bar = max(1, r // 8)
+            cv2.rectangle(canvas, (cx - r // 2, cy - bar), (cx + r // 2, cy + bar), c((20, 20, 20)), -1)
         else:  # cone: orange triangle with a white band
             tri = np.array([[(x0 + x1) // 2, y0], [x1, y1], [x0, y1]], np.int32)
             cv2.fillPoly(canvas, [tri], c((0, 120, 250)))

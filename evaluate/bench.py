@@ -8,7 +8,6 @@ report.md, and prints the table.
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import platform
 import sys

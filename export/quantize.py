@@ -3,6 +3,10 @@
 Symmetric INT8 activations (zero point 0) and per-channel symmetric INT8 weights: the one QDQ file serves
 ONNX Runtime and TensorRT's explicit quantization. The convs that produce the model outputs (detection
 head logits/box distances, segmentation classifier) stay float: quantizing them collapses scores.
+
+Only Conv inputs are quantized by default. Measured on the demo detector (val mAP@.5, fp32 0.743): all
+QDQ-capable ops quantized 0.683-0.699 (minmax, entropy and percentile alike); Conv only 0.729. The SE
+blocks' Mul/HardSigmoid and the residual Adds lose too much with symmetric scales.
 """
 
 from __future__ import annotations
@@ -76,7 +80,8 @@ def output_convs(model: onnx.ModelProto) -> list[str]:
 
 def quantize_int8(fp32_path: str | Path, int8_path: str | Path, contract: Contract,
                   calib_images: Sequence[str | Path], method: str = "minmax",
-                  exclude: Sequence[str] | None = None, preprocess_fn=None) -> list[str]:
+                  exclude: Sequence[str] | None = None, preprocess_fn=None,
+                  op_types: Sequence[str] | None = ("Conv",)) -> list[str]:
     """Write the QDQ INT8 model; returns the node names kept in float."""
     if method not in CALIB_METHODS:
         raise ValueError(f"calib_method {method!r} is not one of {sorted(CALIB_METHODS)}")
@@ -98,6 +103,7 @@ def quantize_int8(fp32_path: str | Path, int8_path: str | Path, contract: Contra
             weight_type=QuantType.QInt8,
             calibrate_method=CALIB_METHODS[method],
             nodes_to_exclude=excluded,
+            op_types_to_quantize=list(op_types) if op_types else None,
             extra_options={"ActivationSymmetric": True, "WeightSymmetric": True},
             calibration_providers=["CPUExecutionProvider"],
         )

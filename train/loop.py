@@ -123,8 +123,9 @@ def fit(kind: str, task: TaskConfig, cfg: ExperimentConfig, out_dir: Path, val_s
     print(f"{kind}: {m.backbone} x{m.width_mult}, {params / 1e6:.2f} M parameters, {gflops:.2f} GFLOPs "
           f"at {spec.input_size[0]}x{spec.input_size[1]}, {len(train_set)} train / {len(val_set)} {val_split} images")
     gen = torch.Generator().manual_seed(s.seed)
+    collate = detection_collate if kind == "detector" else None
     loader = DataLoader(train_set, batch_size=s.batch_size, shuffle=True, num_workers=s.workers, generator=gen,
-                        collate_fn=detection_collate if kind == "detector" else None, drop_last=len(train_set) > s.batch_size)
+                        collate_fn=collate, drop_last=len(train_set) > s.batch_size)
     if kind == "detector":
         criterion = DetectionLoss(*model.points(spec.input_size), len(names), task.loss.box_weight)
     else:

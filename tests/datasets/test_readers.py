@@ -77,3 +77,16 @@ def test_corrupt_jpeg_in_training_data_is_one_line(tmp_path, tiny_data):
                        cwd=REPO, capture_output=True, text=True)
     assert r.returncode == 2 and "Traceback" not in r.stderr
     assert "000003.jpg: cannot decode image" in r.stderr.strip().splitlines()[-1]
+
+
+@needs_shared
+@pytest.mark.parametrize("data,task,size", [("coco128", "detector", [96, 96]), ("crackforest", "segmenter", [64, 96])])
+def test_train_accepts_the_real_sample_sets_by_config_path(tmp_path, data, task, size):
+    sched = "{epochs: 1, batch_size: 16, warmup_iters: 1}"
+    exp = tmp_path / "exp.yaml"
+    exp.write_text(f"name: x\ndata: {REPO}/configs/data/{data}.yaml\n"
+                   f"{task}: {{input_size: {size}, model: {{channels: 16, head_convs: 1}}, train: {sched}}}\n")
+    r = subprocess.run([sys.executable, "-m", "train", "--config", str(exp), "--out", str(tmp_path / "run")],
+                       cwd=REPO, capture_output=True, text=True)
+    assert r.returncode == 0, r.stderr[-500:]
+    assert (tmp_path / "run" / task / "best.pt").is_file()

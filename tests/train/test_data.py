@@ -3,8 +3,8 @@ import numpy as np
 from datasets.config import load_dataset_config
 from deploy.preprocess import PreprocessSpec, read_image
 from deploy.runtime import OrtModel
-from train.data import DetectionDataset, SegmentationDataset
 from tests.conftest import SHARED
+from train.data import DetectionDataset, SegmentationDataset
 
 
 def test_training_path_and_runtime_give_identical_input_tensors(tiny_run, tiny_data):
