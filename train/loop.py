@@ -110,7 +110,6 @@ def fit(kind: str, task: TaskConfig, cfg: ExperimentConfig, out_dir: Path, val_s
     """Train one model; writes out_dir/{last,best}.pt and out_dir/log.csv. Returns the best metrics."""
     s = task.train
     set_seed(s.seed)
-    torch.set_num_threads(max(1, torch.get_num_threads()))
     data, spec = cfg.dataset(), task.preprocess_spec()
     train_set = build_dataset(kind, data, "train", spec, s.augment, s.cache_images)
     val_set = build_dataset(kind, data, val_split, spec)
