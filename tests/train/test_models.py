@@ -47,7 +47,7 @@ def test_losses_are_finite_and_learn_a_batch():
         opt.zero_grad()
         loss.backward()
         opt.step()
-    assert torch.isfinite(loss) and float(loss) < first
+    assert torch.isfinite(loss) and float(loss.detach()) < first
     seg_loss = SegmentationLoss(3)(torch.randn(1, 3, 8, 8), torch.full((1, 8, 8), 255))
     assert torch.isfinite(seg_loss["loss"])  # all pixels ignored: still finite
 
