@@ -95,14 +95,19 @@ def _pairs(images: Path, masks: Path) -> list[tuple[Path, Path]]:
     return [(p, by_stem[p.stem]) for p in imgs]
 
 
+def read_yaml(path: Path, error: type[Exception], what: str) -> object:
+    """Parse a YAML file, turning a missing file or bad syntax into a one-line `error` naming it."""
+    try:
+        return yaml.safe_load(path.read_text())
+    except FileNotFoundError:
+        raise error(f"{path}: {what} not found") from None
+    except yaml.YAMLError as e:
+        raise error(f"{path}: invalid YAML ({str(e).splitlines()[0]})") from None
+
+
 def load_dataset_config(path: str | Path) -> DatasetConfig:
     path = Path(path)
-    try:
-        raw = yaml.safe_load(path.read_text())
-    except FileNotFoundError:
-        raise DatasetError(f"{path}: dataset config not found") from None
-    except yaml.YAMLError as e:
-        raise DatasetError(f"{path}: invalid YAML ({str(e).splitlines()[0]})") from None
+    raw = read_yaml(path, DatasetError, "dataset config")
     if not isinstance(raw, dict) or "root" not in raw:
         raise DatasetError(f"{path}: a dataset config needs at least `name` and `root`")
     try:

@@ -1,4 +1,7 @@
-"""python -m train --config configs/demo.yaml --out runs/demo [--task detector|segmenter|all]"""
+"""python -m train --config configs/demo.yaml --out runs/demo [--task detector|segmenter|all] [--resume]
+
+Multi-GPU / multi-process: torchrun --nproc_per_node=N -m train --config ... --out ...
+"""
 
 from __future__ import annotations
 
@@ -9,6 +12,7 @@ from pathlib import Path
 
 from datasets.config import DatasetError
 from deploy.preprocess import ImageReadError
+from train import distributed
 from train.checkpoint import CheckpointError
 from train.config import ConfigError, load_config
 from train.loop import fit
@@ -19,6 +23,9 @@ def get_args_parser() -> argparse.ArgumentParser:
     p.add_argument("--config", required=True, help="experiment YAML (configs/*.yaml)")
     p.add_argument("--out", required=True, help="run directory, e.g. runs/demo")
     p.add_argument("--task", default="all", choices=["all", "detector", "segmenter"])
+    p.add_argument("--resume", action="store_true", help="continue from <out>/<task>/last.pt exactly")
+    p.add_argument("--backbone-weights", default=None, metavar="PATH",
+                   help="local torchvision MobileNetV3 ImageNet state dict (never downloaded)")
     return p
 
 
@@ -27,22 +34,34 @@ def main(argv: list[str] | None = None) -> int:
     try:
         cfg = load_config(args.config)
         out = Path(args.out)
+        if args.backbone_weights:
+            if not Path(args.backbone_weights).is_file():
+                raise FileNotFoundError(f"{args.backbone_weights}: backbone checkpoint not found")
+            for task in (cfg.detector, cfg.segmenter):
+                if task is not None:
+                    task.model.backbone_weights = args.backbone_weights
         summary = {}
         for kind in ("detector", "segmenter"):
             task = getattr(cfg, kind)
             if task is None or args.task not in ("all", kind):
                 continue
-            best = fit(kind, task, cfg, out / kind)
+            resume = args.resume and (out / kind / "last.pt").is_file()
+            best = fit(kind, task, cfg, out / kind, resume=resume)
+            if not distributed.is_main():
+                continue
             summary[kind] = {k: v for k, v in best.items() if not isinstance(v, dict)}
             print(f"{kind}: best val " + ", ".join(f"{k} {v:.4f}" for k, v in summary[kind].items()), flush=True)
-        if not summary:
-            raise ConfigError(f"{args.config}: no `detector:` or `segmenter:` section to train")
-        (out / "train_summary.json").write_text(json.dumps(summary, indent=2))
+        if distributed.is_main():
+            if not summary:
+                raise ConfigError(f"{args.config}: no `detector:` or `segmenter:` section to train")
+            (out / "train_summary.json").write_text(json.dumps(summary, indent=2))
         return 0
     except (ConfigError, DatasetError, CheckpointError, ImageReadError, FloatingPointError,
-            FileNotFoundError) as e:
+            FileNotFoundError, ValueError) as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
+    finally:
+        distributed.cleanup()
 
 
 if __name__ == "__main__":

@@ -44,6 +44,21 @@ def load_checkpoint(path: str | Path) -> dict:
     return ckpt
 
 
+def check_compatible(ckpt: dict, meta: dict, path: str | Path) -> None:
+    """Refuse a checkpoint of another architecture or class list (e.g. --resume into the wrong run dir)."""
+    strip = lambda a: {k: v for k, v in (a or {}).items() if k != "backbone_weights"}  # noqa: E731
+    if ckpt.get("kind") != meta["kind"] or strip(ckpt.get("model_args")) != strip(meta["model_args"]):
+        raise CheckpointError(
+            f"{path}: holds a {ckpt.get('kind')} {strip(ckpt.get('model_args'))}, but the config builds a "
+            f"{meta['kind']} {strip(meta['model_args'])}; use a new --out or the matching config"
+        )
+    if list(ckpt.get("class_names", [])) != list(meta["class_names"]):
+        raise CheckpointError(
+            f"{path}: trained for classes {ckpt.get('class_names')}, the dataset has {meta['class_names']}; "
+            "use a new --out or the matching dataset"
+        )
+
+
 def model_from_checkpoint(ckpt: dict) -> nn.Module:
     args = dict(ckpt["model_args"])
     args.pop("backbone_weights", None)  # the trained weights replace the ImageNet init

@@ -10,9 +10,7 @@ import typing
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
-import yaml
-
-from datasets.config import DatasetConfig, load_dataset_config
+from datasets.config import DatasetConfig, load_dataset_config, read_yaml
 from deploy.preprocess import PreprocessSpec
 
 
@@ -22,7 +20,7 @@ class ConfigError(ValueError):
 
 @dataclass
 class ModelConfig:
-    backbone: str = "mobilenet_v3_small"  # mobilenet_v3_small | mobilenet_v3_large
+    backbone: str = "mobilenet_v3_small"  # mobilenet_v3_{small,large}[_minimal]
     width_mult: float = 1.0
     channels: int = 64  # FPN-lite / decoder width
     head_convs: int = 2
@@ -41,6 +39,8 @@ class ScheduleConfig:
     augment: str = "flip"  # none | flip
     seed: int = 0
     cache_images: bool = True  # keep decoded training images in memory
+    ema_decay: float = 0.999  # 0 disables the weight EMA
+    deterministic: bool = False  # torch deterministic algorithms (bit-exact --resume on CPU)
 
 
 @dataclass
@@ -124,12 +124,7 @@ def _build(cls: type, raw: dict, where: str):
 
 def load_config(path: str | Path) -> ExperimentConfig:
     path = Path(path)
-    try:
-        raw = yaml.safe_load(path.read_text())
-    except FileNotFoundError:
-        raise ConfigError(f"{path}: config not found") from None
-    except yaml.YAMLError as e:
-        raise ConfigError(f"{path}: invalid YAML ({str(e).splitlines()[0]})") from None
+    raw = read_yaml(path, ConfigError, "config")
     try:
         cfg = _build(ExperimentConfig, raw or {}, str(path))
     except TypeError as e:

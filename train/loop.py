@@ -12,7 +12,7 @@ from pathlib import Path
 import numpy as np
 import torch
 from torch import nn
-from torch.utils.data import DataLoader
+from torch.utils.data import DataLoader, DistributedSampler
 from torch.utils.flop_counter import FlopCounterMode
 from tqdm import tqdm
 
@@ -20,9 +20,11 @@ from datasets.config import DatasetConfig
 from datasets.masks import value_lut
 from deploy.preprocess import PreprocessSpec, preprocess
 from evaluate.metrics import eval_detector, load_truth_masks, predict_masks, score_masks
-from train.checkpoint import save_checkpoint
+from train import distributed
+from train.checkpoint import check_compatible, load_checkpoint, save_checkpoint
 from train.config import ExperimentConfig, TaskConfig
 from train.data import build_dataset, detection_collate
+from train.ema import ModelEMA
 from train.losses import DetectionLoss, SegmentationLoss
 from train.models import build_model, count_params
 
@@ -59,12 +61,22 @@ def warmup_cosine(warmup: int, total: int, floor: float = 0.05):
     return f
 
 
-def train_one_epoch(model, criterion, loader, optimizer, scheduler, epoch: int, grad_clip: float) -> dict:
+def _to(targets, device: torch.device):
+    if isinstance(targets, torch.Tensor):
+        return targets.to(device, non_blocking=True)
+    return [{k: v.to(device) if isinstance(v, torch.Tensor) else v for k, v in t.items()} for t in targets]
+
+
+def train_one_epoch(model, criterion, loader, optimizer, scheduler, epoch: int, grad_clip: float,
+                    device: torch.device, ema: ModelEMA | None = None, scaler=None) -> dict:
     model.train()
     sums: dict[str, float] = {}
+    amp = device.type == "cuda"  # mixed precision on GPUs; losses are computed in float32 either way
     bar = tqdm(loader, desc=f"epoch {epoch}", leave=False, dynamic_ncols=True, disable=None)  # off when not a tty
     for it, (images, targets) in enumerate(bar):
-        out = model(images)
+        images, targets = images.to(device, non_blocking=True), _to(targets, device)
+        with torch.autocast(device.type, dtype=torch.float16, enabled=amp):
+            out = model(images)
         losses = criterion(*out, targets) if isinstance(out, tuple) else criterion(out, targets)
         loss = losses["loss"]
         if not torch.isfinite(loss):
@@ -73,10 +85,19 @@ def train_one_epoch(model, criterion, loader, optimizer, scheduler, epoch: int, 
                 f"non-finite loss at epoch {epoch}, iteration {it} ({parts}); lower the lr or check the labels"
             )
         optimizer.zero_grad(set_to_none=True)
-        loss.backward()
-        nn.utils.clip_grad_norm_(model.parameters(), grad_clip)
-        optimizer.step()
+        if scaler is not None:
+            scaler.scale(loss).backward()
+            scaler.unscale_(optimizer)
+            nn.utils.clip_grad_norm_(model.parameters(), grad_clip)
+            scaler.step(optimizer)
+            scaler.update()
+        else:
+            loss.backward()
+            nn.utils.clip_grad_norm_(model.parameters(), grad_clip)
+            optimizer.step()
         scheduler.step()
+        if ema is not None:
+            ema.update(distributed.unwrap(model))
         for k, v in losses.items():
             sums[k] = sums.get(k, 0.0) + float(v.detach())
         bar.set_postfix(loss=f"{float(loss.detach()):.3f}", refresh=False)
@@ -106,10 +127,17 @@ def evaluate(model: nn.Module, kind: str, data: DatasetConfig, split: str, spec:
     return score_masks(predict_masks(run, pairs, prep), truths, seg.classes, seg.thin_classes)
 
 
-def fit(kind: str, task: TaskConfig, cfg: ExperimentConfig, out_dir: Path, val_split: str = "val") -> dict:
-    """Train one model; writes out_dir/{last,best}.pt and out_dir/log.csv. Returns the best metrics."""
+def fit(kind: str, task: TaskConfig, cfg: ExperimentConfig, out_dir: Path, val_split: str = "val",
+        resume: bool = False) -> dict:
+    """Train one model; writes out_dir/{last,best}.pt, log.csv and tb/. Returns the best val metrics.
+
+    Under torchrun each rank trains on its shard (DistributedSampler); rank 0 evaluates and writes.
+    """
     s = task.train
+    rank, world, device = distributed.init()
     set_seed(s.seed)
+    if s.deterministic:
+        torch.use_deterministic_algorithms(True, warn_only=True)
     data, spec = cfg.dataset(), task.preprocess_spec()
     train_set = build_dataset(kind, data, "train", spec, s.augment, s.cache_images)
     val_set = build_dataset(kind, data, val_split, spec)
@@ -119,42 +147,93 @@ def fit(kind: str, task: TaskConfig, cfg: ExperimentConfig, out_dir: Path, val_s
                       head_convs=m.head_convs, channel_order=task.channel_order, backbone_weights=m.backbone_weights)
     model = build_model(kind, model_args)
     params, gflops = model_cost(model, spec.input_size)
-    print(f"{kind}: {m.backbone} x{m.width_mult}, {params / 1e6:.2f} M parameters, {gflops:.2f} GFLOPs "
-          f"at {spec.input_size[0]}x{spec.input_size[1]}, {len(train_set)} train / {len(val_set)} {val_split} images")
-    gen = torch.Generator().manual_seed(s.seed)
-    collate = detection_collate if kind == "detector" else None
-    loader = DataLoader(train_set, batch_size=s.batch_size, shuffle=True, num_workers=s.workers, generator=gen,
-                        collate_fn=collate, drop_last=len(train_set) > s.batch_size)
+    if rank == 0:
+        print(f"{kind}: {m.backbone} x{m.width_mult}, {params / 1e6:.2f} M parameters, {gflops:.2f} GFLOPs at "
+              f"{spec.input_size[0]}x{spec.input_size[1]}, {len(train_set)} train / {len(val_set)} {val_split} "
+              f"images" + (f", {world} processes" if world > 1 else ""), flush=True)
+    gen = torch.Generator()
+    sampler = None
+    if world > 1:
+        sampler = DistributedSampler(train_set, world, rank, shuffle=True, seed=s.seed, drop_last=True)
+    loader = DataLoader(train_set, batch_size=s.batch_size, shuffle=sampler is None, sampler=sampler,
+                        num_workers=s.workers, generator=gen, drop_last=len(train_set) > s.batch_size * world,
+                        collate_fn=detection_collate if kind == "detector" else None)
     if kind == "detector":
         criterion = DetectionLoss(*model.points(spec.input_size), len(names), task.loss.box_weight)
     else:
         criterion = SegmentationLoss(len(names), task.loss.dice_weight, task.loss.class_weights)
+    model, criterion = model.to(device), criterion.to(device)
+    ema = ModelEMA(model, s.ema_decay) if s.ema_decay > 0 else None
     optimizer = build_optimizer(model, s.lr, s.weight_decay)
     total = s.epochs * len(loader)
     scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, warmup_cosine(min(s.warmup_iters, total // 2), total))
+    scaler = torch.amp.GradScaler("cuda") if device.type == "cuda" else None
     post = asdict(task.postprocess) if kind == "detector" else {}
     meta = {"kind": kind, "model_args": model_args, "class_names": names, "preprocess": asdict(spec),
             "postprocess": post, "config": asdict(cfg), "config_hash": cfg.hash(),
             "params": params, "gflops": gflops}
     if kind == "segmenter":
         meta["thin_classes"] = list(data.segmentation.thin_classes)
+    key, best, rows, start = BEST_METRIC[kind], None, [], 1
+    if resume:
+        ck = load_checkpoint(out_dir / "last.pt")
+        check_compatible(ck, meta, out_dir / "last.pt")
+        st = ck["train_state"]
+        model.load_state_dict(st["model"])
+        optimizer.load_state_dict(st["optimizer"])
+        scheduler.load_state_dict(st["scheduler"])
+        if ema is not None:
+            ema.load_state_dict(st["ema"])
+        best, rows, start = st["best"], st["rows"], ck["epoch"] + 1
+        if rank == 0:
+            print(f"  resumed from {out_dir / 'last.pt'} after epoch {ck['epoch']}", flush=True)
+    if world > 1:
+        model = nn.parallel.DistributedDataParallel(model, device_ids=[device.index] if device.type == "cuda" else None)
     out_dir.mkdir(parents=True, exist_ok=True)
-    key, best, rows = BEST_METRIC[kind], None, []
-    for epoch in range(1, s.epochs + 1):
+    writer = _tensorboard(out_dir / "tb") if rank == 0 else None
+    for epoch in range(start, s.epochs + 1):
         t0 = time.time()
-        losses = train_one_epoch(model, criterion, loader, optimizer, scheduler, epoch, s.grad_clip)
-        metrics = evaluate(model, kind, data, val_split, spec, post, val_set)
-        row = {"epoch": epoch, "lr": optimizer.param_groups[0]["lr"], **losses,
-               **{k: v for k, v in metrics.items() if not isinstance(v, dict)}, "seconds": time.time() - t0}
-        rows.append(row)
-        print("  " + "  ".join(f"{k} {v:.4g}" if isinstance(v, float) else f"{k} {v}" for k, v in row.items()),
-              flush=True)
-        save_checkpoint(out_dir / "last.pt", model, meta, epoch=epoch, metrics=metrics)
-        if best is None or metrics[key] >= best[key]:
-            best = metrics
-            save_checkpoint(out_dir / "best.pt", model, meta, epoch=epoch, metrics=metrics)
-        _write_csv(out_dir / "log.csv", rows)
+        # every source of randomness is re-seeded from (seed, epoch): a resumed run replays the same epochs
+        gen.manual_seed(s.seed * 1000 + epoch)
+        torch.manual_seed(s.seed * 1000 + epoch)
+        if sampler is not None:
+            sampler.set_epoch(epoch)
+        if getattr(train_set, "augment", None) is not None:
+            train_set.augment.set_random_seed(s.seed * 1000 + epoch + 7919 * rank)
+        losses = train_one_epoch(model, criterion, loader, optimizer, scheduler, epoch, s.grad_clip, device,
+                                 ema, scaler)
+        if rank == 0:
+            final = ema.module if ema is not None else distributed.unwrap(model)
+            metrics = evaluate(final.cpu(), kind, data, val_split, spec, post, val_set)
+            final.to(device)
+            row = {"epoch": epoch, "lr": optimizer.param_groups[0]["lr"], **losses,
+                   **{k: v for k, v in metrics.items() if not isinstance(v, dict)}, "seconds": time.time() - t0}
+            rows.append(row)
+            print("  " + "  ".join(f"{k} {v:.4g}" if isinstance(v, float) else f"{k} {v}" for k, v in row.items()),
+                  flush=True)
+            if best is None or metrics[key] >= best[key]:
+                best = metrics
+                save_checkpoint(out_dir / "best.pt", final, meta, epoch=epoch, metrics=metrics)
+            state = {"model": distributed.unwrap(model).state_dict(), "optimizer": optimizer.state_dict(),
+                     "scheduler": scheduler.state_dict(), "ema": ema.state_dict() if ema else None,
+                     "best": best, "rows": rows}
+            save_checkpoint(out_dir / "last.pt", final, meta, epoch=epoch, metrics=metrics, train_state=state)
+            _write_csv(out_dir / "log.csv", rows)
+            for k, v in row.items():
+                if k != "epoch":
+                    writer.add_scalar(f"{kind}/{k}", v, epoch)
+        distributed.barrier()
+    if writer is not None:
+        writer.close()
+    if world > 1:
+        print(f"rank {rank}: final weights digest {distributed.weights_digest(model)}", flush=True)
     return best
+
+
+def _tensorboard(path: Path):
+    from torch.utils.tensorboard import SummaryWriter  # imported late: it is slow and only rank 0 logs
+
+    return SummaryWriter(str(path))
 
 
 def _write_csv(path: Path, rows: list[dict]) -> None:

@@ -14,6 +14,7 @@ import torch.nn.functional as F
 from torch import nn
 from torchvision.models.mobilenetv3 import MobileNetV3, _mobilenet_v3_conf
 
+BACKBONES = ("mobilenet_v3_small", "mobilenet_v3_large", "mobilenet_v3_small_minimal", "mobilenet_v3_large_minimal")
 IMAGENET_MEAN = (0.485, 0.456, 0.406)  # RGB
 IMAGENET_STD = (0.229, 0.224, 0.225)
 
@@ -38,10 +39,18 @@ class MobileNetV3Backbone(nn.Module):
 
     def __init__(self, arch: str, width_mult: float, out_strides: tuple[int, ...], weights: str | None = None):
         super().__init__()
-        if arch not in ("mobilenet_v3_small", "mobilenet_v3_large"):
-            raise ValueError(f"backbone {arch!r} is not one of mobilenet_v3_small, mobilenet_v3_large")
-        setting, last_channel = _mobilenet_v3_conf(arch, width_mult=width_mult)
+        if arch not in BACKBONES:
+            raise ValueError(f"backbone {arch!r} is not one of {BACKBONES}")
+        minimal = arch.endswith("_minimal")
+        setting, last_channel = _mobilenet_v3_conf(arch.removesuffix("_minimal"), width_mult=width_mult)
+        if minimal:  # quantization-friendly: ReLU everywhere, no squeeze-excitation
+            for cnf in setting:
+                cnf.use_se, cnf.use_hs = False, False
         features = MobileNetV3(setting, last_channel).features
+        if minimal:
+            _hardswish_to_relu(features)  # the stem and last conv are built with Hardswish regardless
+            if weights:
+                raise ValueError(f"{arch}: ImageNet checkpoints are for the standard variants; train from scratch")
         for m in features.modules():
             if isinstance(m, nn.BatchNorm2d):
                 m.momentum = 0.1  # torchvision's 0.01 suits ImageNet-length schedules; short runs need 0.1
@@ -71,6 +80,14 @@ class MobileNetV3Backbone(nn.Module):
             x = stage(x)
             feats.append(x)
         return feats
+
+
+def _hardswish_to_relu(module: nn.Module) -> None:
+    for name, child in module.named_children():
+        if isinstance(child, nn.Hardswish):
+            setattr(module, name, nn.ReLU(inplace=True))
+        else:
+            _hardswish_to_relu(child)
 
 
 def _out_channels(seq: nn.Sequential) -> int:

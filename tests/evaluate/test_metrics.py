@@ -33,3 +33,14 @@ def test_seg_meter_on_a_hand_made_thin_line():
     meter = SegMeter(["background", "wire"], ["wire"])
     meter.update(pred, ignored)
     assert meter.compute()["thin_iou"] == 1.0
+
+
+def test_gate_blames_the_stage_over_its_limit():
+    from evaluate.gate import blame
+
+    limits = {"max_quantization_drop": 0.02, "max_preprocessing_drop": 0.005}
+    d = lambda q, p: {"deltas": {"quantization": q, "preprocessing": p, "interaction": 0.0}}  # noqa: E731
+    assert blame(d(0.05, 0.0), limits) == "quantization"
+    assert blame(d(0.0, 0.01), limits) == "preprocessing"
+    assert blame(d(0.05, 0.01), limits) == "quantization + preprocessing"
+    assert blame(d(0.01, -0.002), limits) == "none"
