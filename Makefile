@@ -11,7 +11,7 @@ RUN ?= runs/$(NAME)
 GATE ?= configs/gate.yaml
 
 .DEFAULT_GOAL := help
-.PHONY: help setup data train export bench gate demo test lint clean distclean
+.PHONY: help setup data train export bench gate demo test lint clean distclean compare-ssdlite receptive-field
 
 help: ## list the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-10s %s\n", $$1, $$2}'
@@ -41,6 +41,12 @@ gate: setup ## 2x2 accuracy attribution (preprocessing x quantization) against $
 
 demo: setup ## data + train + export + bench + gate on the synthetic dataset, small settings
 	$(MAKE) --no-print-directory data train export bench gate CONFIG=$(CONFIG) RUN=$(RUN)
+
+compare-ssdlite: data ## train ours and torchvision SSDLite on the same budget -> runs/compare-ssdlite/results.json
+	$(PY) -m evaluate.compare_ssdlite --config $(CONFIG) --out runs/compare-ssdlite
+
+receptive-field: data ## per-level stride and receptive field of the detector vs the dataset's box sizes
+	$(PY) -m evaluate.receptive_field --config $(CONFIG)
 
 lint: setup ## ruff over the code
 	$(PY) -m ruff check .

@@ -47,7 +47,7 @@ def save_atomic(model: onnx.ModelProto, path: str | Path) -> None:
     os.replace(tmp, path)
 
 
-def export_onnx(model: nn.Module, contract: Contract, path: str | Path, opset: int = 17,
+def export_onnx(model: nn.Module, contract: Contract, path: str | Path, opset: int = 18,
                 dynamic_batch: bool = False) -> Path:
     """Export (B, 3, H, W) uint8 -> contract outputs. BN is folded and the graph simplified by onnxslim."""
     path = Path(path)

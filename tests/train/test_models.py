@@ -63,3 +63,27 @@ def test_checkpoint_is_self_describing_and_weights_only(tmp_path):
     (tmp_path / "bad.pt").write_bytes(b"not a checkpoint")
     with pytest.raises(CheckpointError, match="bad.pt"):
         load_checkpoint(tmp_path / "bad.pt")
+
+
+def test_minimal_backbone_is_relu_without_squeeze_excitation():
+    from torchvision.ops.misc import SqueezeExcitation
+
+    m = Detector(num_classes=2, backbone="mobilenet_v3_large_minimal", channels=16, head_convs=1)
+    kinds = {type(mod) for mod in m.modules()}
+    assert torch.nn.Hardswish not in kinds and SqueezeExcitation not in kinds and torch.nn.ReLU in kinds
+    assert torch.nn.Hardswish in {type(mod) for mod in Detector(num_classes=2, channels=16).modules()}
+
+
+def test_backbone_weights_load_from_a_local_torchvision_checkpoint(tmp_path):
+    from torchvision.models import mobilenet_v3_small
+
+    ref = mobilenet_v3_small()  # stands in for an ImageNet checkpoint file; nothing is downloaded
+    path = tmp_path / "mnv3s.pth"
+    torch.save(ref.state_dict(), path)
+    m = Detector(num_classes=2, channels=16, backbone_weights=str(path))
+    first = m.backbone.stages[0][0][0].weight
+    torch.testing.assert_close(first, ref.features[0][0].weight)
+    with pytest.raises(ValueError, match="standard variants"):
+        Detector(num_classes=2, backbone="mobilenet_v3_small_minimal", backbone_weights=str(path))
+    with pytest.raises(FileNotFoundError, match="never downloaded"):
+        Detector(num_classes=2, backbone_weights=str(tmp_path / "missing.pth"))
