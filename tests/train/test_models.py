@@ -8,12 +8,13 @@ from train.models import Detector, Segmenter
 
 def test_detector_takes_uint8_and_returns_points_in_forward_order():
     m = Detector(num_classes=4, channels=16, head_convs=1).eval()
+    torch.nn.init.zeros_(m.reg_out.weight)  # equal l, t, r, b: every box is centred on its point
     x = torch.randint(0, 256, (2, 3, 128, 160), dtype=torch.uint8)
     logits, boxes = m(x)
     pts, strides = m.points((128, 160))
     n = sum((128 // s) * (160 // s) for s in (8, 16, 32))
     assert logits.shape == (2, n, 4) and boxes.shape == (2, n, 4) and pts.shape == (n, 2)
-    centre = (boxes[..., :2] + boxes[..., 2:]) / 2  # boxes start symmetric around their point
+    centre = (boxes[..., :2] + boxes[..., 2:]) / 2
     torch.testing.assert_close(centre[0], pts, atol=1e-3, rtol=0)
     assert strides[0] == 8 and strides[-1] == 32
 
