@@ -21,7 +21,7 @@ from datasets.masks import value_lut
 from deploy.preprocess import PreprocessSpec, preprocess
 from evaluate.metrics import eval_detector, load_truth_masks, predict_masks, score_masks
 from train import distributed
-from train.checkpoint import check_compatible, load_checkpoint, save_checkpoint
+from train.checkpoint import CheckpointError, check_compatible, load_checkpoint, save_checkpoint
 from train.config import ExperimentConfig, TaskConfig
 from train.data import build_dataset, detection_collate
 from train.ema import ModelEMA
@@ -178,7 +178,10 @@ def fit(kind: str, task: TaskConfig, cfg: ExperimentConfig, out_dir: Path, val_s
     if resume:
         ck = load_checkpoint(out_dir / "last.pt")
         check_compatible(ck, meta, out_dir / "last.pt")
-        st = ck["train_state"]
+        st = ck.get("train_state")
+        if st is None:
+            raise CheckpointError(f"{out_dir / 'last.pt'}: holds no optimizer/schedule state to resume from; "
+                                  "train into a new --out")
         model.load_state_dict(st["model"])
         optimizer.load_state_dict(st["optimizer"])
         scheduler.load_state_dict(st["scheduler"])
