@@ -92,7 +92,8 @@ def quantize_int8(fp32_path: str | Path, int8_path: str | Path, contract: Contra
     input_name = fp32.graph.input[0].name
     with tempfile.TemporaryDirectory() as tmp:
         prep = Path(tmp) / "prep.onnx"
-        quant_pre_process(str(fp32_path), str(prep), skip_optimization=False)
+        # shape inference only: ORT graph optimisation would bake ORT-specific fusions into a file TensorRT reads
+        quant_pre_process(str(fp32_path), str(prep), skip_optimization=True)
         reader = ImageCalibrationReader(calib_images, contract.preprocess, input_name, preprocess_fn)
         out = Path(tmp) / "int8.onnx"
         quantize_static(
