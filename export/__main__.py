@@ -13,9 +13,11 @@ import sys
 from pathlib import Path
 
 import numpy as np
+import onnx
 
 from datasets.config import DatasetError, load_dataset_config
 from deploy.preprocess import ImageReadError, PreprocessSpec, preprocess, read_image
+from export.check_trt import check_model
 from export.onnx_export import contract_from_checkpoint, export_onnx, parity
 from export.quantize import file_mb, quantize_int8, sample_paths
 from train.checkpoint import CheckpointError, load_checkpoint, model_from_checkpoint
@@ -62,15 +64,17 @@ def export_one(kind: str, ckpt_path: Path, out_dir: Path, calib_images: int | No
     method = ckpt["config"]["export"]["calib_method"]
     int8 = out_dir / f"{kind}.int8.onnx"
     kept = quantize_int8(fp32, int8, contract, calib, method)
+    trt_issues = [str(f) for f in check_model(onnx.load(int8))]
     print(f"{kind}: fp32 {file_mb(fp32):.2f} MB (parity {err:.1e}), int8 {file_mb(int8):.2f} MB "
-          f"({len(calib)} calibration images, {method}, float: {kept})", flush=True)
+          f"({len(calib)} calibration images, {method}, float: {kept}), TensorRT lint: "
+          f"{'clean' if not trt_issues else f'{len(trt_issues)} issue(s), see manifest.json'}", flush=True)
     common = {"model": kind, "config_hash": contract.config_hash, "checkpoint": str(ckpt_path)}
     return [
         {**common, "file": fp32.name, "precision": "fp32", "target": "onnxruntime-cpu",
          "size_bytes": fp32.stat().st_size, "sha256": sha256(fp32), "parity_max_rel_err": err},
         {**common, "file": int8.name, "precision": "int8", "target": "onnxruntime-cpu,tensorrt-qdq",
          "size_bytes": int8.stat().st_size, "sha256": sha256(int8), "calibration_images": len(calib),
-         "calibration_method": method, "float_nodes": kept},
+         "calibration_method": method, "float_nodes": kept, "tensorrt_lint": trt_issues},
     ]
 
 

@@ -105,7 +105,8 @@ def quantize_int8(fp32_path: str | Path, int8_path: str | Path, contract: Contra
             calibrate_method=CALIB_METHODS[method],
             nodes_to_exclude=excluded,
             op_types_to_quantize=list(op_types) if op_types else None,
-            extra_options={"ActivationSymmetric": True, "WeightSymmetric": True},
+            # symmetric int8 everywhere and float bias: what TensorRT explicit quantization accepts
+            extra_options={"ActivationSymmetric": True, "WeightSymmetric": True, "QuantizeBias": False},
             calibration_providers=["CPUExecutionProvider"],
         )
         model = onnx.load(out)

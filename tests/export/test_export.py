@@ -66,3 +66,27 @@ def test_runtime_refuses_models_without_contract_or_not_onnx(tmp_path, tiny_onnx
     junk.write_bytes(b"\x00garbage")
     with pytest.raises(ModelLoadError, match="junk.onnx: not a loadable ONNX model"):
         OrtModel(junk)
+
+
+def test_check_trt_accepts_our_int8_and_flags_what_tensorrt_refuses(tiny_onnx, tiny_data, tmp_path):
+    from onnx import TensorProto, helper
+
+    from export.check_trt import check_model
+    from export.check_trt import main as check_main
+
+    _, contract, path = tiny_onnx
+    out = tmp_path / "det.int8.onnx"
+    imgs = sorted((tiny_data.parent / "data" / "images" / "train").glob("*.jpg"))[:2]
+    quantize_int8(path, out, contract, imgs)
+    assert check_model(onnx.load(out)) == [] and check_main([str(out)]) == 0
+    # a hand-made asymmetric uint8 activation Q/DQ pair and a non-standard op
+    x = helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, 4])
+    y = helper.make_tensor_value_info("y", TensorProto.FLOAT, [1, 4])
+    inits = [helper.make_tensor("s", TensorProto.FLOAT, [], [0.1]),
+             helper.make_tensor("z", TensorProto.UINT8, [], [128])]
+    nodes = [helper.make_node("QuantizeLinear", ["x", "s", "z"], ["q"], name="q"),
+             helper.make_node("DequantizeLinear", ["q", "s", "z"], ["d"], name="d"),
+             helper.make_node("FusedGemm", ["d"], ["y"], name="f", domain="com.microsoft")]
+    bad = helper.make_model(helper.make_graph(nodes, "g", [x], [y], inits), opset_imports=[helper.make_opsetid("", 18)])
+    rules = {f.rule for f in check_model(bad)}
+    assert {"dtype", "symmetric", "domain"} <= rules
