@@ -19,6 +19,7 @@ from datasets.config import DatasetError, load_dataset_config
 from deploy.preprocess import ImageReadError, PreprocessSpec, preprocess, read_image
 from export.check_trt import check_model
 from export.onnx_export import contract_from_checkpoint, export_onnx, parity
+from export.ort_mobile import convert_to_ort, required_ops
 from export.quantize import file_mb, quantize_int8, sample_paths
 from train.checkpoint import CheckpointError, load_checkpoint, model_from_checkpoint
 from train.data import build_dataset
@@ -91,8 +92,18 @@ def main(argv: list[str] | None = None) -> int:
                 entries += export_one(kind, ckpt_path, out_dir, args.calib_images)
         if not entries:
             raise CheckpointError(f"{run}: no detector/ or segmenter/ checkpoint; run `make train` first")
+        onnx_files = [out_dir / e["file"] for e in entries]
+        ort_files, ops_config = convert_to_ort(onnx_files, out_dir / "mobile")
+        for src, ort_file in zip(list(entries), ort_files, strict=True):
+            entries.append({**{k: src[k] for k in ("model", "config_hash", "precision")},
+                            "file": f"mobile/{ort_file.name}", "target": "onnxruntime-mobile",
+                            "size_bytes": ort_file.stat().st_size, "sha256": sha256(ort_file)})
+        ops = required_ops(ops_config)
+        print(f"ORT mobile: {len(ort_files)} .ort files in {out_dir / 'mobile'}, reduced build needs {len(ops)} "
+              f"ops ({', '.join(ops)}); see {ops_config.name}", flush=True)
         tmp = out_dir / "manifest.json.tmp"
-        tmp.write_text(json.dumps({"files": entries}, indent=2))
+        tmp.write_text(json.dumps({"files": entries, "ort_mobile_ops_config": f"mobile/{ops_config.name}"},
+                                  indent=2))
         tmp.replace(out_dir / "manifest.json")
         return 0
     except (CheckpointError, DatasetError, ImageReadError, RuntimeError, ValueError) as e:

@@ -90,3 +90,21 @@ def test_check_trt_accepts_our_int8_and_flags_what_tensorrt_refuses(tiny_onnx, t
     bad = helper.make_model(helper.make_graph(nodes, "g", [x], [y], inits), opset_imports=[helper.make_opsetid("", 18)])
     rules = {f.rule for f in check_model(bad)}
     assert {"dtype", "symmetric", "domain"} <= rules
+
+
+def test_make_export_writes_manifest_with_mobile_models(tiny_run):
+    exp = tiny_run / "export"
+    manifest = json.loads((exp / "manifest.json").read_text())
+    files = {e["file"]: e for e in manifest["files"]}
+    for kind in ("detector", "segmenter"):
+        for name in (f"{kind}.onnx", f"{kind}.int8.onnx", f"mobile/{kind}.ort", f"mobile/{kind}.int8.ort"):
+            assert name in files and (exp / name).stat().st_size == files[name]["size_bytes"]
+        assert files[f"{kind}.int8.onnx"]["tensorrt_lint"] == []
+        assert files[f"{kind}.onnx"]["parity_max_rel_err"] < 1e-4
+        # the .ort model carries the same contract and gives the same outputs as its ONNX source
+        a, b = OrtModel(exp / f"{kind}.int8.onnx"), OrtModel(exp / "mobile" / f"{kind}.int8.ort")
+        assert a.contract == b.contract
+        x = np.random.default_rng(1).integers(0, 256, (1, 3, *a.contract.preprocess.input_size), dtype=np.uint8)
+        for u, v in zip(a.infer(x), b.infer(x), strict=True):
+            np.testing.assert_allclose(u, v, atol=1e-4)
+    assert "Conv" in (exp / manifest["ort_mobile_ops_config"]).read_text()
