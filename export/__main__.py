@@ -17,12 +17,17 @@ import onnx
 
 from datasets.config import DatasetError, load_dataset_config
 from deploy.preprocess import ImageReadError, PreprocessSpec, preprocess, read_image
+from deploy.runtime import OrtModel
+from evaluate.bench import EvalSet
 from export.check_trt import check_model
 from export.onnx_export import contract_from_checkpoint, export_onnx, parity
 from export.ort_mobile import convert_to_ort, required_ops
 from export.quantize import file_mb, quantize_int8, sample_paths
+from export.sensitivity import sensitivity, to_markdown
 from train.checkpoint import CheckpointError, load_checkpoint, model_from_checkpoint
+from train.config import ExportConfig
 from train.data import build_dataset
+from train.loop import BEST_METRIC
 
 PARITY_TOL = 1e-4  # max |torch - ORT| relative to the output's range
 
@@ -47,11 +52,51 @@ def sha256(path: Path) -> str:
     return hashlib.sha256(path.read_bytes()).hexdigest()
 
 
+def export_settings(ckpt: dict) -> ExportConfig:
+    """The checkpoint's export settings; keys added since it was written take their defaults."""
+    raw = ckpt["config"].get("export", {})
+    return ExportConfig(**{k: v for k, v in raw.items() if k in ExportConfig.__dataclass_fields__})
+
+
+def quantize_within_budget(ckpt: dict, fp32: Path, int8: Path, contract, calib: list[Path],
+                           method: str) -> tuple[list[str], dict]:
+    """Quantize; while the val accuracy drop exceeds the budget, keep the most sensitive convs in float.
+
+    Starts from the output convs (always float) and adds, per round, the two Conv nodes fed by the
+    tensors with the lowest own-Q/DQ SQNR. Writes <kind>.int8.sensitivity.md beside the model.
+    """
+    ex = export_settings(ckpt)
+    kept = quantize_int8(fp32, int8, contract, calib, method)
+    ev = EvalSet(ckpt, "val", None)
+    metric = BEST_METRIC[ckpt["kind"]]
+    prep = lambda img: preprocess(img, contract.preprocess)  # noqa: E731
+    ref = ev.score(OrtModel(fp32).infer, prep, contract.postprocess)[metric]
+    rows = sensitivity(fp32, int8, calib[: ex.sensitivity_images], contract.preprocess)
+    convs = {n.name for n in onnx.load(fp32).graph.node if n.op_type == "Conv"}
+    rounds = 0
+    while True:
+        got = ev.score(OrtModel(int8).infer, prep, contract.postprocess)[metric]
+        if ref - got <= ex.int8_max_drop or rounds >= ex.int8_max_rounds:
+            break
+        more = [c for r in rows for c in r["consumers"] if c in convs and c not in kept][:2]
+        if not more:
+            break
+        rounds += 1
+        print(f"  int8 {metric} {got:.4f} vs fp32 {ref:.4f}: keeping {more} in float", flush=True)
+        kept = quantize_int8(fp32, int8, contract, calib, method, exclude=kept + more)
+    (int8.parent / f"{ckpt['kind']}.int8.sensitivity.md").write_text(
+        f"# {ckpt['kind']} INT8 sensitivity (qdq_loss_debug, {ex.sensitivity_images} images)\n\n"
+        f"val {metric}: fp32 {ref:.4f}, int8 {got:.4f} (drop {ref - got:+.4f}, budget {ex.int8_max_drop}), "
+        f"{rounds} exclusion round(s); float convs: {', '.join(kept)}\n\n" + to_markdown(rows))
+    return kept, {"metric": metric, "fp32": ref, "int8": got, "drop": ref - got, "rounds": rounds}
+
+
 def export_one(kind: str, ckpt_path: Path, out_dir: Path, calib_images: int | None) -> list[dict]:
     ckpt = load_checkpoint(ckpt_path)
     model = model_from_checkpoint(ckpt)
     contract = contract_from_checkpoint(ckpt)
-    fp32 = export_onnx(model, contract, out_dir / f"{kind}.onnx", opset=ckpt["config"]["export"]["opset"])
+    ex = export_settings(ckpt)
+    fp32 = export_onnx(model, contract, out_dir / f"{kind}.onnx", opset=ex.opset)
     images = training_images(ckpt)
     spec = contract.preprocess
     H, W = spec.input_size
@@ -60,11 +105,11 @@ def export_one(kind: str, ckpt_path: Path, out_dir: Path, calib_images: int | No
     err = parity(model, fp32, [rand, real[None]])
     if err > PARITY_TOL:
         raise RuntimeError(f"{fp32}: ONNX Runtime differs from torch by {err:.2e} (> {PARITY_TOL}); not exported")
-    n = calib_images or ckpt["config"]["export"]["calib_images"]
+    n = calib_images or ex.calib_images
     calib = sample_paths(images, n)
-    method = ckpt["config"]["export"]["calib_method"]
+    method = ex.calib_method
     int8 = out_dir / f"{kind}.int8.onnx"
-    kept = quantize_int8(fp32, int8, contract, calib, method)
+    kept, acc = quantize_within_budget(ckpt, fp32, int8, contract, calib, method)
     trt_issues = [str(f) for f in check_model(onnx.load(int8))]
     print(f"{kind}: fp32 {file_mb(fp32):.2f} MB (parity {err:.1e}), int8 {file_mb(int8):.2f} MB "
           f"({len(calib)} calibration images, {method}, float: {kept}), TensorRT lint: "
@@ -75,7 +120,8 @@ def export_one(kind: str, ckpt_path: Path, out_dir: Path, calib_images: int | No
          "size_bytes": fp32.stat().st_size, "sha256": sha256(fp32), "parity_max_rel_err": err},
         {**common, "file": int8.name, "precision": "int8", "target": "onnxruntime-cpu,tensorrt-qdq",
          "size_bytes": int8.stat().st_size, "sha256": sha256(int8), "calibration_images": len(calib),
-         "calibration_method": method, "float_nodes": kept, "tensorrt_lint": trt_issues},
+         "calibration_method": method, "float_nodes": kept, "tensorrt_lint": trt_issues, "val_accuracy": acc,
+         "sensitivity": f"{kind}.int8.sensitivity.md"},
     ]
 
 

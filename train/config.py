@@ -84,6 +84,9 @@ class ExportConfig:
     calib_images: int = 200  # training images for INT8 calibration
     calib_method: str = "minmax"  # minmax | entropy | percentile
     opset: int = 18  # the dynamo exporter's lowest; TensorRT 10 and ORT 1.17+ take it
+    int8_max_drop: float = 0.005  # val accuracy budget (map / thin_iou units); over it, sensitive convs go float
+    int8_max_rounds: int = 4  # exclusion rounds (2 convs each) before giving up and reporting the drop
+    sensitivity_images: int = 16  # images for the qdq_loss_debug SQNR table
 
 
 @dataclass

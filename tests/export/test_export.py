@@ -108,3 +108,21 @@ def test_make_export_writes_manifest_with_mobile_models(tiny_run):
         for u, v in zip(a.infer(x), b.infer(x), strict=True):
             np.testing.assert_allclose(u, v, atol=1e-4)
     assert "Conv" in (exp / manifest["ort_mobile_ops_config"]).read_text()
+
+
+def test_int8_over_budget_keeps_the_most_sensitive_convs_in_float(tiny_run, tiny_data, tmp_path):
+    from export.__main__ import quantize_within_budget
+    from export.onnx_export import contract_from_checkpoint
+    from export.quantize import output_convs
+    from train.checkpoint import load_checkpoint
+
+    ckpt = load_checkpoint(tiny_run / "detector" / "best.pt")
+    ckpt["config"]["export"].update(int8_max_drop=-1.0, int8_max_rounds=1, sensitivity_images=2)  # never enough
+    fp32 = tiny_run / "export" / "detector.onnx"
+    imgs = sorted((tiny_data.parent / "data" / "images" / "train").glob("*.jpg"))[:2]
+    kept, acc = quantize_within_budget(ckpt, fp32, tmp_path / "detector.int8.onnx",
+                                       contract_from_checkpoint(ckpt), imgs, "minmax")
+    base = output_convs(onnx.load(fp32))
+    assert acc["rounds"] == 1 and set(base) < set(kept) and len(kept) == len(base) + 2
+    table = (tmp_path / "detector.int8.sensitivity.md").read_text()
+    assert "qdq SQNR dB" in table and "1 exclusion round(s)" in table
