@@ -1,0 +1,53 @@
+"""python -m export.tensorrt --run runs/demo [--precision int8 fp16] [--cache DIR]
+
+Builds TensorRT engines from the exported ONNX files on this machine (INT8+FP16 from the QDQ model, FP16
+from the fp32 model), cached per GPU, compute capability and TensorRT version, and prints the equivalent
+trtexec command for each. Without TensorRT or a GPU it prints the commands and exits 2.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+
+from deploy.trt_engine import TensorRTUnavailable, cached_engine, device_info, engine_path, trtexec_command
+
+SOURCES = {"int8": "{kind}.int8.onnx", "fp16": "{kind}.onnx", "fp32": "{kind}.onnx"}
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = argparse.ArgumentParser(prog="python -m export.tensorrt", description=__doc__,
+                                formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--run", required=True)
+    p.add_argument("--precision", nargs="+", default=["int8", "fp16"], choices=sorted(SOURCES))
+    p.add_argument("--cache", default=None, help="engine cache folder (default: <run>/export/engines)")
+    p.add_argument("--workspace-mb", type=int, default=1024)
+    args = p.parse_args(argv)
+    export = Path(args.run) / "export"
+    cache = Path(args.cache) if args.cache else export / "engines"
+    jobs = [(kind, prec, export / SOURCES[prec].format(kind=kind)) for kind in ("detector", "segmenter")
+            for prec in args.precision]
+    jobs = [j for j in jobs if j[2].is_file()]
+    if not jobs:
+        print(f"error: no exported ONNX under {export}; run `make export` first", file=sys.stderr)
+        return 2
+    try:
+        dev = device_info()
+    except TensorRTUnavailable as e:
+        for kind, prec, onnx_path in jobs:
+            out = cache / "<gpu>-sm<cc>-trt<version>" / f"{kind}.{prec}.engine"
+            print(trtexec_command(onnx_path, out, prec, args.workspace_mb, cache / "timing.cache"))
+        print(f"error: {e}; the trtexec commands above build the same engines on the target", file=sys.stderr)
+        return 2
+    major = int(dev.tensorrt.split(".")[0])
+    for kind, prec, onnx_path in jobs:
+        target = engine_path(onnx_path, prec, cache, dev)
+        print(trtexec_command(onnx_path, target, prec, args.workspace_mb, cache / dev.slug() / "timing.cache", major))
+        path, built = cached_engine(onnx_path, prec, cache, args.workspace_mb)
+        print(f"{kind} {prec}: {'built' if built else 'cached'} {path} ({path.stat().st_size / 2**20:.1f} MB)")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
