@@ -29,6 +29,7 @@ class Contract:
     outputs: list[str]  # output tensor names, in order
     precision: str = "fp32"  # "fp32" | "int8"
     postprocess: dict = field(default_factory=dict)  # e.g. {"conf_thres": .., "iou_thres": ..}
+    output_shapes: dict = field(default_factory=dict)  # name -> shape, "batch" where the axis is dynamic
 
     def to_metadata(self) -> dict[str, str]:
         values = {
@@ -39,6 +40,7 @@ class Contract:
             "outputs": json.dumps(self.outputs),
             "precision": self.precision,
             "postprocess": json.dumps(self.postprocess, sort_keys=True),
+            "output_shapes": json.dumps(self.output_shapes),
         }
         return {PREFIX + k: v for k, v in values.items()}
 
@@ -54,12 +56,16 @@ class Contract:
             names = json.loads(get("class_names"))
             outputs = json.loads(get("outputs"))
             post = json.loads(meta.get(PREFIX + "postprocess", "{}"))
+            shapes = json.loads(meta.get(PREFIX + "output_shapes", "{}"))
         except (ValueError, TypeError, KeyError) as e:
             raise ContractError(f"{source}: malformed contract metadata ({e}); {fix}") from None
         if get("task") not in TASKS:
             raise ContractError(f"{source}: unknown task {get('task')!r} in metadata; {fix}")
         if not names or not all(isinstance(n, str) for n in names):
             raise ContractError(f"{source}: class_names in metadata must be a non-empty list of strings; {fix}")
+        conf = post.get("conf_thres")
+        if isinstance(conf, list) and len(conf) != len(names):
+            raise ContractError(f"{source}: {len(conf)} per-class thresholds for {len(names)} classes; {fix}")
         return cls(
             task=get("task"),
             preprocess=spec,
@@ -68,4 +74,5 @@ class Contract:
             outputs=outputs,
             precision=meta.get(PREFIX + "precision", "fp32"),
             postprocess=post,
+            output_shapes=shapes,
         )

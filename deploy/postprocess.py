@@ -5,6 +5,7 @@ The same functions post-process torch outputs during evaluation and ONNX Runtime
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass
 
 import cv2
@@ -38,19 +39,21 @@ def decode_detections(
     cls_logits: np.ndarray,
     boxes: np.ndarray,
     lb: Letterbox,
-    conf_thres: float = 0.25,
+    conf_thres: float | Sequence[float] = 0.25,
     iou_thres: float = 0.5,
     max_det: int = 100,
     pre_nms_topk: int = 1000,
 ) -> Detections:
     """cls_logits (1, N, C) or (N, C), boxes (1, N, 4) xyxy in input pixels -> Detections in source pixels.
 
-    Every (location, class) pair above conf_thres is a candidate (multi-label, as in torchvision).
+    Every (location, class) pair above conf_thres is a candidate (multi-label, as in torchvision);
+    conf_thres is one value or one per class (the contract's per-class thresholds).
     """
     num_classes = cls_logits.shape[-1]
     logits = cls_logits.reshape(-1, num_classes)
     boxes = boxes.reshape(-1, 4)
-    logit_thres = np.log(conf_thres / (1.0 - conf_thres))  # compare logits, sigmoid only the survivors
+    thres = np.clip(np.asarray(conf_thres, dtype=np.float32), 1e-6, 1 - 1e-6)  # () or (C,)
+    logit_thres = np.log(thres / (1.0 - thres))  # compare logits, sigmoid only the survivors
     loc, cls = np.nonzero(logits > logit_thres)
     s = logits[loc, cls]
     if s.size > pre_nms_topk:

@@ -7,6 +7,7 @@ and static INT8 QDQ calibrated on training images. Writes runs/<name>/export/ an
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import hashlib
 import json
 import sys
@@ -14,6 +15,7 @@ from pathlib import Path
 
 import numpy as np
 import onnx
+import torch
 
 from datasets.config import DatasetError, load_dataset_config
 from deploy.preprocess import ImageReadError, PreprocessSpec, preprocess, read_image
@@ -37,6 +39,7 @@ def get_args_parser() -> argparse.ArgumentParser:
     p.add_argument("--run", required=True, help="run directory holding detector/ and/or segmenter/")
     p.add_argument("--checkpoint", default="best", choices=["best", "last"])
     p.add_argument("--calib-images", type=int, default=None, help="override the config's calib_images")
+    p.add_argument("--dynamic-batch", action="store_true", help="dynamic batch axis (default: static 1x3xHxW)")
     return p
 
 
@@ -91,18 +94,31 @@ def quantize_within_budget(ckpt: dict, fp32: Path, int8: Path, contract, calib: 
     return kept, {"metric": metric, "fp32": ref, "int8": got, "drop": ref - got, "rounds": rounds}
 
 
-def export_one(kind: str, ckpt_path: Path, out_dir: Path, calib_images: int | None) -> list[dict]:
+def export_one(kind: str, ckpt_path: Path, out_dir: Path, calib_images: int | None,
+               dynamic_batch: bool = False) -> list[dict]:
     ckpt = load_checkpoint(ckpt_path)
     model = model_from_checkpoint(ckpt)
-    contract = contract_from_checkpoint(ckpt)
     ex = export_settings(ckpt)
-    fp32 = export_onnx(model, contract, out_dir / f"{kind}.onnx", opset=ex.opset)
-    images = training_images(ckpt)
-    spec = contract.preprocess
+    if dynamic_batch:
+        ex = dataclasses.replace(ex, dynamic_batch=True)
+    spec = PreprocessSpec.from_dict(ckpt["preprocess"])
     H, W = spec.input_size
+    rng = np.random.default_rng(0)
+    rand = rng.integers(0, 256, (1, 3, H, W), dtype=np.uint8)
+    with torch.no_grad():
+        outs = model(torch.from_numpy(rand))
+    outs = outs if isinstance(outs, tuple) else (outs,)
+    contract = contract_from_checkpoint(ckpt)
+    shapes = {n: ["batch" if ex.dynamic_batch and i == 0 else d for i, d in enumerate(o.shape)]
+              for n, o in zip(contract.outputs, outs, strict=True)}
+    contract = dataclasses.replace(contract, output_shapes=shapes)
+    fp32 = export_onnx(model, contract, out_dir / f"{kind}.onnx", opset=ex.opset, dynamic_batch=ex.dynamic_batch)
+    images = training_images(ckpt)
     real, _ = preprocess(read_image(images[0]), spec)
-    rand = np.random.default_rng(0).integers(0, 256, (1, 3, H, W), dtype=np.uint8)
-    err = parity(model, fp32, [rand, real[None]])
+    inputs = [rand, real[None]]
+    if ex.dynamic_batch:  # a second batch size through the same file
+        inputs.append(rng.integers(0, 256, (3, 3, H, W), dtype=np.uint8))
+    err = parity(model, fp32, inputs)
     if err > PARITY_TOL:
         raise RuntimeError(f"{fp32}: ONNX Runtime differs from torch by {err:.2e} (> {PARITY_TOL}); not exported")
     n = calib_images or ex.calib_images
@@ -135,7 +151,7 @@ def main(argv: list[str] | None = None) -> int:
         for kind in ("detector", "segmenter"):
             ckpt_path = run / kind / f"{args.checkpoint}.pt"
             if ckpt_path.is_file():
-                entries += export_one(kind, ckpt_path, out_dir, args.calib_images)
+                entries += export_one(kind, ckpt_path, out_dir, args.calib_images, args.dynamic_batch)
         if not entries:
             raise CheckpointError(f"{run}: no detector/ or segmenter/ checkpoint; run `make train` first")
         onnx_files = [out_dir / e["file"] for e in entries]

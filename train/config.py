@@ -55,6 +55,16 @@ class PostprocessConfig:
     conf_thres: float = 0.05
     iou_thres: float = 0.6
     max_det: int = 100
+    class_conf_thres: dict[str, float] | None = None  # per-class overrides of conf_thres, by class name
+
+    def for_classes(self, names: list[str]) -> dict:
+        """What the contract stores: conf_thres as one value, or a list aligned with the class names."""
+        extra = self.class_conf_thres or {}
+        unknown = sorted(set(extra) - set(names))
+        if unknown:
+            raise ConfigError(f"class_conf_thres names {unknown} that are not classes of the dataset {names}")
+        conf = [float(extra.get(n, self.conf_thres)) for n in names] if extra else self.conf_thres
+        return {"conf_thres": conf, "iou_thres": self.iou_thres, "max_det": self.max_det}
 
 
 @dataclass
@@ -87,6 +97,7 @@ class ExportConfig:
     int8_max_drop: float = 0.005  # val accuracy budget (map / thin_iou units); over it, sensitive convs go float
     int8_max_rounds: int = 4  # exclusion rounds (2 convs each) before giving up and reporting the drop
     sensitivity_images: int = 16  # images for the qdq_loss_debug SQNR table
+    dynamic_batch: bool = False  # ONNX with a dynamic batch axis (parity checked at two batch sizes)
 
 
 @dataclass

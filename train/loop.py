@@ -168,7 +168,7 @@ def fit(kind: str, task: TaskConfig, cfg: ExperimentConfig, out_dir: Path, val_s
     total = s.epochs * len(loader)
     scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, warmup_cosine(min(s.warmup_iters, total // 2), total))
     scaler = torch.amp.GradScaler("cuda") if device.type == "cuda" else None
-    post = asdict(task.postprocess) if kind == "detector" else {}
+    post = task.postprocess.for_classes(names) if kind == "detector" else {}
     meta = {"kind": kind, "model_args": model_args, "class_names": names, "preprocess": asdict(spec),
             "postprocess": post, "config": asdict(cfg), "config_hash": cfg.hash(),
             "params": params, "gflops": gflops}

@@ -36,3 +36,12 @@ def test_decode_mask_argmax_and_crop():
     logits[0, 2, 2:6, :4] = 5.0
     m = decode_mask(logits, lb)
     assert m.shape == (4, 8) and (m[:, :4] == 2).all() and (m[:, 4:] == 0).all()
+
+
+def test_per_class_thresholds():
+    logits = np.full((2, 2), _logit(0.01), np.float32)
+    logits[0, 0], logits[1, 1] = _logit(0.4), _logit(0.4)
+    boxes = np.array([[0, 0, 10, 10], [20, 20, 30, 30]], np.float32)
+    lb = compute_letterbox((64, 64), PreprocessSpec(input_size=(64, 64)))
+    d = decode_detections(logits, boxes, lb, conf_thres=[0.5, 0.3])  # class 0 strict, class 1 lenient
+    assert d.labels.tolist() == [1]

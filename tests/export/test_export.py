@@ -126,3 +126,15 @@ def test_int8_over_budget_keeps_the_most_sensitive_convs_in_float(tiny_run, tiny
     assert acc["rounds"] == 1 and set(base) < set(kept) and len(kept) == len(base) + 2
     table = (tmp_path / "detector.int8.sensitivity.md").read_text()
     assert "qdq SQNR dB" in table and "1 exclusion round(s)" in table
+
+
+def test_dynamic_batch_export_matches_torch_at_two_batch_sizes(tmp_path):
+    torch.manual_seed(0)
+    model = Detector(num_classes=2, channels=16, head_convs=1).eval()
+    spec = PreprocessSpec(input_size=(64, 96))
+    contract = Contract("detector", spec, ["a", "b"], "h", ["cls_logits", "boxes"])
+    path = export_onnx(model, contract, tmp_path / "dyn.onnx", dynamic_batch=True)
+    rng = np.random.default_rng(0)
+    inputs = [rng.integers(0, 256, (b, 3, 64, 96), dtype=np.uint8) for b in (1, 3)]
+    assert parity(model, path, inputs) < 1e-4
+    assert OrtModel(path).infer(inputs[1])[0].shape[0] == 3

@@ -88,3 +88,13 @@ def test_backbone_weights_load_from_a_local_torchvision_checkpoint(tmp_path):
         Detector(num_classes=2, backbone="mobilenet_v3_small_minimal", backbone_weights=str(path))
     with pytest.raises(FileNotFoundError, match="never downloaded"):
         Detector(num_classes=2, backbone_weights=str(tmp_path / "missing.pth"))
+
+
+def test_per_class_thresholds_in_config_are_checked_and_aligned():
+    from train.config import ConfigError, PostprocessConfig
+
+    p = PostprocessConfig(conf_thres=0.1, class_conf_thres={"cone": 0.4})
+    assert p.for_classes(["car", "cone"])["conf_thres"] == [0.1, 0.4]
+    assert PostprocessConfig().for_classes(["car"])["conf_thres"] == 0.05
+    with pytest.raises(ConfigError, match="truck"):
+        PostprocessConfig(class_conf_thres={"truck": 0.5}).for_classes(["car"])
