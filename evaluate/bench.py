@@ -23,7 +23,14 @@ from datasets.config import DatasetError, load_dataset_config
 from datasets.masks import value_lut
 from deploy.preprocess import PreprocessSpec, preprocess, read_image
 from deploy.runtime import OrtModel
-from evaluate.metrics import eval_detector, load_truth_masks, predict_masks, score_masks
+from evaluate.metrics import (
+    agreement_map,
+    coco_map,
+    load_truth_masks,
+    predict_detections,
+    predict_masks,
+    score_masks,
+)
 from evaluate.report import render_markdown, write_report
 from train.checkpoint import CheckpointError, load_checkpoint, model_from_checkpoint
 from train.loop import torch_runner
@@ -69,12 +76,22 @@ class EvalSet:
             self.truths = load_truth_masks(self.pairs, value_lut(self.seg))
             self.first_image = self.pairs[0][0]
 
-    def score(self, runner, preprocess_fn, post: dict) -> dict:
+    def predict(self, runner, preprocess_fn, post: dict):
+        """Detections per image id (detector) or masks in split order (segmenter)."""
         if self.kind == "detector":
-            return eval_detector(runner, self.coco, preprocess_fn, post, self.limit)
-        preds = predict_masks(runner, self.pairs, preprocess_fn)
-        m = score_masks(preds, self.truths, self.seg.classes, self.seg.thin_classes)
+            return predict_detections(runner, self.coco, preprocess_fn, post, self.limit)
+        return predict_masks(runner, self.pairs, preprocess_fn)
+
+    def score_predictions(self, preds, reference=None) -> dict:
+        """Against the labels, or against `reference` predictions (label-free agreement) when given."""
+        if self.kind == "detector":
+            return coco_map(self.coco, preds) if reference is None else agreement_map(self.coco, reference, preds)
+        m = score_masks(preds, self.truths if reference is None else reference, self.seg.classes,
+                        self.seg.thin_classes)
         return {k: v for k, v in m.items() if k in ("miou", "thin_iou")}
+
+    def score(self, runner, preprocess_fn, post: dict) -> dict:
+        return self.score_predictions(self.predict(runner, preprocess_fn, post))
 
 
 def bench_model(kind: str, run: Path, split: str, warmup: int, repeats: int, limit: int | None) -> dict:
@@ -95,6 +112,7 @@ def bench_model(kind: str, run: Path, split: str, warmup: int, repeats: int, lim
     torch.set_num_threads(prev)
     out["torch"] = {**ev.score(run_torch, lambda img: preprocess(img, spec), ckpt["postprocess"]),
                     "latency_ms": lat, "size_mb": None, "params": ckpt.get("params"), "gflops": ckpt.get("gflops")}
+    preds = {}
     for variant, fname in (("fp32", f"{kind}.onnx"), ("int8", f"{kind}.int8.onnx")):
         path = run / "export" / fname
         if not path.is_file():
@@ -103,9 +121,13 @@ def bench_model(kind: str, run: Path, split: str, warmup: int, repeats: int, lim
         m = models[threads_all]
         c = m.contract
         lat = {f"{n}t": latency_ms(lambda mm=mm: mm.infer(x), warmup, repeats) for n, mm in models.items()}
-        acc = ev.score(m.infer, lambda img, c=c: preprocess(img, c.preprocess), c.postprocess)
-        out[variant] = {**acc, "latency_ms": lat, "size_mb": path.stat().st_size / 2**20}
+        preds[variant] = ev.predict(m.infer, lambda img, c=c: preprocess(img, c.preprocess), c.postprocess)
+        out[variant] = {**ev.score_predictions(preds[variant]), "latency_ms": lat,
+                        "size_mb": path.stat().st_size / 2**20}
     if "fp32" in out and "int8" in out:
+        # quantization fidelity without labels: INT8 scored against the fp32 model's own predictions
+        agree = ev.score_predictions(preds["int8"], reference=preds["fp32"])
+        out["int8"]["agreement"] = agree["map50"] if kind == "detector" else agree["miou"]
         for t in out["int8"]["latency_ms"]:
             out["int8"][f"speedup_{t}"] = out["fp32"]["latency_ms"][t]["p50"] / out["int8"]["latency_ms"][t]["p50"]
         out["int8"]["size_ratio"] = out["int8"]["size_mb"] / out["fp32"]["size_mb"]

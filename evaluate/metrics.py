@@ -63,6 +63,28 @@ def coco_map(coco: CocoDetection, preds: dict[int, Detections], gt: COCO | None 
     return {"map": float(max(ev.stats[0], 0.0)), "map50": float(max(ev.stats[1], 0.0))}
 
 
+def pseudo_gt(coco: CocoDetection, reference: dict[int, Detections], min_score: float = 0.3) -> COCO:
+    """Ground truth made of reference predictions (score >= min_score): label-free fidelity checks."""
+    anns = []
+    for image_id, d in reference.items():
+        keep = d.scores >= min_score
+        for b, c in zip(d.boxes[keep].tolist(), d.labels[keep].tolist(), strict=True):
+            w, h = b[2] - b[0], b[3] - b[1]
+            anns.append({"id": len(anns) + 1, "image_id": image_id, "category_id": coco.category_ids[c],
+                         "bbox": [b[0], b[1], w, h], "area": w * h, "iscrowd": 0})
+    gt = COCO()
+    gt.dataset = {"images": coco.raw["images"], "categories": coco.raw["categories"], "annotations": anns}
+    with contextlib.redirect_stdout(io.StringIO()):
+        gt.createIndex()
+    return gt
+
+
+def agreement_map(coco: CocoDetection, reference: dict[int, Detections], candidate: dict[int, Detections],
+                  min_score: float = 0.3) -> dict:
+    """mAP of `candidate` scored against `reference`'s confident boxes (e.g. INT8 against fp32)."""
+    return coco_map(coco, candidate, pseudo_gt(coco, reference, min_score))
+
+
 class SegMeter:
     """Confusion-matrix IoU. thin_iou = mean IoU over the thin-structure classes."""
 

@@ -18,21 +18,23 @@ def render_markdown(report: dict) -> str:
     m = report.get("machine", {})
     if m:
         lines += [f"Machine: {m.get('cpu')} ({m.get('cores')} cores), onnxruntime {m.get('onnxruntime')}, "
-                  f"torch {m.get('torch')}. Split: `{report.get('split')}`.", ""]
+                  f"torch {m.get('torch')}. Split: `{report.get('split')}`. `agreement`: INT8 scored against the "
+                  "fp32 model's own predictions (mAP@.5 / mIoU), a label-free measure of quantization fidelity.",
+                  ""]
     for kind, metrics in METRICS.items():
         if kind not in report:
             continue
         variants = report[kind]
         threads = sorted({t for v in variants.values() for t in v.get("latency_ms", {})}, key=lambda t: int(t[:-1]))
         head = ["variant", *metrics, *[f"p50 ms {t}" for t in threads], *[f"p90 ms {t}" for t in threads],
-                "size MB", "speedup 1t"]
+                "size MB", "speedup 1t", "agreement"]
         lines += [f"## {kind}", "", "| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
         for name, v in variants.items():
             lat = v.get("latency_ms", {})
             row = [name, *[_fmt(v.get(k)) for k in metrics],
                    *[_fmt(lat.get(t, {}).get("p50"), 2) for t in threads],
                    *[_fmt(lat.get(t, {}).get("p90"), 2) for t in threads],
-                   _fmt(v.get("size_mb"), 2), _fmt(v.get("speedup_1t"), 2)]
+                   _fmt(v.get("size_mb"), 2), _fmt(v.get("speedup_1t"), 2), _fmt(v.get("agreement"))]
             lines.append("| " + " | ".join(row) + " |")
         lines.append("")
     gate = report.get("gate")

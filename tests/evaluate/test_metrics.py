@@ -44,3 +44,16 @@ def test_gate_blames_the_stage_over_its_limit():
     assert blame(d(0.0, 0.01), limits) == "preprocessing"
     assert blame(d(0.05, 0.01), limits) == "quantization + preprocessing"
     assert blame(d(0.01, -0.002), limits) == "none"
+
+
+def test_agreement_scores_predictions_against_reference_predictions(tiny_data):
+    from evaluate.metrics import agreement_map
+
+    cfg = load_dataset_config(tiny_data)
+    s = cfg.detection_split("val")
+    coco = CocoDetection(cfg.path(s.images), cfg.path(s.annotations))
+    ref = {r.image_id: Detections(r.boxes + 3, np.full(len(r.boxes), 0.9, np.float32), r.labels)
+           for r in coco.records}  # "fp32 predictions": not the labels
+    assert agreement_map(coco, ref, ref)["map50"] > 0.99
+    moved = {k: Detections(d.boxes + 25, d.scores, d.labels) for k, d in ref.items()}
+    assert agreement_map(coco, ref, moved)["map50"] < 0.3

@@ -31,7 +31,8 @@ def test_bench_writes_report_keys(tiny_run):
     assert bench_main(["--run", str(tiny_run), "--repeats", "3", "--warmup", "1"]) == 0
     report = json.loads((tiny_run / "report.json").read_text())
     for key in ("detector.fp32.map50", "detector.int8.map50", "detector.torch.map",
-                "segmenter.fp32.thin_iou", "segmenter.int8.miou", "detector.int8.speedup_1t"):
+                "segmenter.fp32.thin_iou", "segmenter.int8.miou", "detector.int8.speedup_1t",
+                "detector.int8.agreement", "segmenter.int8.agreement"):
         kind, variant, metric = key.split(".")
         assert isinstance(report[kind][variant][metric], float), key
     assert "| int8 |" in (tiny_run / "report.md").read_text()
