@@ -70,11 +70,13 @@ class EvalSet:
             s = data.detection_split(split)
             self.coco = CocoDetection(data.path(s.images), data.path(s.annotations))
             self.first_image = self.coco.records[0].path
+            self.is_train = s == data.detection.get("train")
         else:
             self.seg = data.segmentation
             self.pairs = data.segmentation_pairs(split)[:limit]
             self.truths = load_truth_masks(self.pairs, value_lut(self.seg))
             self.first_image = self.pairs[0][0]
+            self.is_train = split != "train" and self.pairs == data.segmentation_pairs("train")[:limit]
 
     def predict(self, runner, preprocess_fn, post: dict):
         """Detections per image id (detector) or masks in split order (segmenter)."""
@@ -124,6 +126,9 @@ def bench_model(kind: str, run: Path, split: str, warmup: int, repeats: int, lim
         preds[variant] = ev.predict(m.infer, lambda img, c=c: preprocess(img, c.preprocess), c.postprocess)
         out[variant] = {**ev.score_predictions(preds[variant]), "latency_ms": lat,
                         "size_mb": path.stat().st_size / 2**20}
+    if ev.is_train:
+        out["note"] = {"split": f"the {split} split is the training images: figures measure quantization "
+                                "fidelity, not generalisation"}
     if "fp32" in out and "int8" in out:
         # quantization fidelity without labels: INT8 scored against the fp32 model's own predictions
         agree = ev.score_predictions(preds["int8"], reference=preds["fp32"])

@@ -24,7 +24,7 @@ def render_markdown(report: dict) -> str:
     for kind, metrics in METRICS.items():
         if kind not in report:
             continue
-        variants = report[kind]
+        variants = {k: v for k, v in report[kind].items() if k != "note"}
         threads = sorted({t for v in variants.values() for t in v.get("latency_ms", {})}, key=lambda t: int(t[:-1]))
         head = ["variant", *metrics, *[f"p50 ms {t}" for t in threads], *[f"p90 ms {t}" for t in threads],
                 "size MB", "speedup 1t", "agreement"]
@@ -37,6 +37,8 @@ def render_markdown(report: dict) -> str:
                    _fmt(v.get("size_mb"), 2), _fmt(v.get("speedup_1t"), 2), _fmt(v.get("agreement"))]
             lines.append("| " + " | ".join(row) + " |")
         lines.append("")
+        if "note" in report[kind]:
+            lines += [f"Note: {report[kind]['note']['split']}.", ""]
     gate = report.get("gate")
     if gate:
         lines += [f"## gate: {gate['verdict'].upper()}", "",
