@@ -187,6 +187,8 @@ def fit(kind: str, task: TaskConfig, cfg: ExperimentConfig, out_dir: Path, val_s
         scheduler.load_state_dict(st["scheduler"])
         if ema is not None:
             ema.load_state_dict(st["ema"])
+        if scaler is not None and st.get("scaler"):
+            scaler.load_state_dict(st["scaler"])
         best, rows, start = st["best"], st["rows"], ck["epoch"] + 1
         if rank == 0:
             print(f"  resumed from {out_dir / 'last.pt'} after epoch {ck['epoch']}", flush=True)
@@ -219,7 +221,7 @@ def fit(kind: str, task: TaskConfig, cfg: ExperimentConfig, out_dir: Path, val_s
                 save_checkpoint(out_dir / "best.pt", final, meta, epoch=epoch, metrics=metrics)
             state = {"model": distributed.unwrap(model).state_dict(), "optimizer": optimizer.state_dict(),
                      "scheduler": scheduler.state_dict(), "ema": ema.state_dict() if ema else None,
-                     "best": best, "rows": rows}
+                     "scaler": scaler.state_dict() if scaler else None, "best": best, "rows": rows}
             save_checkpoint(out_dir / "last.pt", final, meta, epoch=epoch, metrics=metrics, train_state=state)
             _write_csv(out_dir / "log.csv", rows)
             for k, v in row.items():
