@@ -67,12 +67,6 @@ class CocoDetection:
     def __len__(self) -> int:
         return len(self.records)
 
-    def box_sizes(self) -> np.ndarray:
-        """(M, 2) widths and heights of all non-crowd boxes (for receptive-field and anchor checks)."""
-        b = [r.boxes[~r.crowd] for r in self.records]
-        b = np.concatenate(b) if b else np.zeros((0, 4), np.float32)
-        return b[:, 2:] - b[:, :2]
-
 
 def _load_json(path: Path) -> dict:
     try:

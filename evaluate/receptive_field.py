@@ -65,7 +65,7 @@ def receptive_fields(model: Detector, size: int = 1024) -> list[dict]:
     return out
 
 
-def box_sizes(cfg, input_hw: tuple[int, int]) -> np.ndarray:
+def box_sizes(cfg) -> np.ndarray:
     """(M, 2) box width/height of the training split, in model-input pixels (after the letterbox)."""
     data = cfg.dataset()
     s = data.detection_split("train")
@@ -120,7 +120,7 @@ def main(argv: list[str] | None = None) -> int:
         else:
             model = Detector(num_classes=1, backbone=t.model.backbone, width_mult=t.model.width_mult,
                              channels=t.model.channels, head_convs=t.model.head_convs)
-        sizes = box_sizes(cfg, tuple(t.input_size))
+        sizes = box_sizes(cfg)
         rows, warnings = report(receptive_fields(model), sizes)
     except (ConfigError, DatasetError, ValueError) as e:
         print(f"error: {e}", file=sys.stderr)
