@@ -49,6 +49,10 @@ def test_gate_passes_clean_pipeline_and_blames_preprocessing_fault(tiny_run, tmp
     faulty = json.loads((tiny_run / "gate" / "gate.json").read_text())
     seg = faulty["models"]["segmenter"]
     assert seg["input_tensor"]["max_abs"] > 0  # the tensor-level evidence always sees it
+    assert seg["input_tensor"]["min_psnr"] is not None and seg["input_tensor"]["min_psnr"] < 40
+    c = seg["cells"]
+    assert seg["deltas"]["preprocessing"] == c["reference/fp32"] - c["deployed/fp32"]
+    assert c["reference/fp32"] == clean["models"]["segmenter"]["cells"]["reference/fp32"]  # reference untouched
     if seg["deltas"]["preprocessing"] > 0:
         assert rc == 1 and "preprocessing" in seg["blame"] and faulty["verdict"] == "fail"
 
