@@ -123,9 +123,17 @@ def test_int8_over_budget_keeps_the_most_sensitive_convs_in_float(tiny_run, tiny
     kept, acc = quantize_within_budget(ckpt, fp32, tmp_path / "detector.int8.onnx",
                                        contract_from_checkpoint(ckpt), imgs, "minmax")
     base = output_convs(onnx.load(fp32))
-    assert acc["rounds"] == 1 and set(base) < set(kept) and len(kept) == len(base) + 2
+    assert acc["rounds"] == 1 and set(base) <= set(kept) and len(kept) in (len(base), len(base) + 2)
     table = (tmp_path / "detector.int8.sensitivity.md").read_text()
     assert "qdq SQNR dB" in table and "1 exclusion round(s)" in table
+    # what ships is the best set tried, and the file on disk scores what the manifest will say
+    from deploy.preprocess import preprocess
+    from evaluate.bench import EvalSet
+
+    shipped = OrtModel(tmp_path / "detector.int8.onnx")
+    spec = shipped.contract.preprocess
+    got = EvalSet(ckpt, "val", None).score(shipped.infer, lambda im: preprocess(im, spec), shipped.contract.postprocess)
+    assert got[acc["metric"]] == acc["int8"]
 
 
 def test_dynamic_batch_export_matches_torch_at_two_batch_sizes(tmp_path):
