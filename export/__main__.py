@@ -126,6 +126,7 @@ def export_one(kind: str, ckpt_path: Path, out_dir: Path, calib_images: int | No
         inputs.append(rng.integers(0, 256, (3, 3, H, W), dtype=np.uint8))
     err = parity(model, fp32, inputs)
     if err > PARITY_TOL:
+        fp32.unlink()  # a file that disagrees with its checkpoint must not be picked up downstream
         raise RuntimeError(f"{fp32}: ONNX Runtime differs from torch by {err:.2e} (> {PARITY_TOL}); not exported")
     n = calib_images or ex.calib_images
     calib = sample_paths(images, n)
