@@ -18,19 +18,10 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from datasets.coco import CocoDetection
-from datasets.config import DatasetError, load_dataset_config
-from datasets.masks import value_lut
+from datasets.config import DatasetError
 from deploy.preprocess import PreprocessSpec, preprocess, read_image
 from deploy.runtime import OrtModel
-from evaluate.metrics import (
-    agreement_map,
-    coco_map,
-    load_truth_masks,
-    predict_detections,
-    predict_masks,
-    score_masks,
-)
+from evaluate.metrics import EvalSet
 from evaluate.report import render_markdown, write_report
 from train.checkpoint import CheckpointError, load_checkpoint, model_from_checkpoint
 from train.loop import torch_runner
@@ -60,47 +51,11 @@ def latency_ms(fn: Callable[[], object], warmup: int, repeats: int) -> dict:
             "mean": float(times.mean())}
 
 
-class EvalSet:
-    """The labelled split a model is scored on, read once and shared by all variants."""
-
-    def __init__(self, ckpt: dict, split: str, limit: int | None):
-        self.kind, self.limit = ckpt["kind"], limit
-        data = load_dataset_config(ckpt["config"]["data"])
-        if self.kind == "detector":
-            s = data.detection_split(split)
-            self.coco = CocoDetection(data.path(s.images), data.path(s.annotations))
-            self.first_image = self.coco.records[0].path
-            self.is_train = s == data.detection.get("train")
-        else:
-            self.seg = data.segmentation
-            self.pairs = data.segmentation_pairs(split)[:limit]
-            self.truths = load_truth_masks(self.pairs, value_lut(self.seg))
-            self.first_image = self.pairs[0][0]
-            self.is_train = split != "train" and self.pairs == data.segmentation_pairs("train")[:limit]
-
-    def predict(self, runner, preprocess_fn, post: dict):
-        """Detections per image id (detector) or masks in split order (segmenter)."""
-        if self.kind == "detector":
-            return predict_detections(runner, self.coco, preprocess_fn, post, self.limit)
-        return predict_masks(runner, self.pairs, preprocess_fn)
-
-    def score_predictions(self, preds, reference=None) -> dict:
-        """Against the labels, or against `reference` predictions (label-free agreement) when given."""
-        if self.kind == "detector":
-            return coco_map(self.coco, preds) if reference is None else agreement_map(self.coco, reference, preds)
-        m = score_masks(preds, self.truths if reference is None else reference, self.seg.classes,
-                        self.seg.thin_classes)
-        return {k: v for k, v in m.items() if k in ("miou", "thin_iou")}
-
-    def score(self, runner, preprocess_fn, post: dict) -> dict:
-        return self.score_predictions(self.predict(runner, preprocess_fn, post))
-
-
 def bench_model(kind: str, run: Path, split: str, warmup: int, repeats: int, limit: int | None) -> dict:
     ckpt = load_checkpoint(run / kind / "best.pt")
-    ev = EvalSet(ckpt, split, limit)
+    ev = EvalSet.from_checkpoint(ckpt, split, limit)
     spec = PreprocessSpec.from_dict(ckpt["preprocess"])
-    x, _ = preprocess(read_image(ev.first_image), spec)
+    x, _ = preprocess(read_image(ev.images[0]), spec)
     x = x[None]  # (1, 3, H, W) uint8
     threads_all = os.cpu_count() or 1
     out: dict[str, dict] = {}

@@ -29,8 +29,9 @@ from torchvision.models.detection import ssdlite320_mobilenet_v3_large
 from deploy.contract import Contract
 from deploy.postprocess import Detections
 from deploy.preprocess import boxes_to_image, preprocess, read_image
+from deploy.runtime import session_options
 from evaluate.bench import latency_ms
-from evaluate.metrics import coco_map, eval_detector
+from evaluate.metrics import EvalSet
 from export.onnx_export import export_onnx
 from train.checkpoint import load_checkpoint, model_from_checkpoint
 from train.config import load_config
@@ -85,25 +86,22 @@ def train_ssdlite(cfg, epochs: int) -> nn.Module:
     return ssd.eval()
 
 
-def eval_ssdlite(ssd: nn.Module, cfg, split: str = "val") -> dict:
-    spec = cfg.detector.preprocess_spec()
-    coco = build_dataset("detector", cfg.dataset(), split, spec).coco
+def eval_ssdlite(ssd: nn.Module, ev: EvalSet, spec) -> dict:
+    """SSDLite keeps its own decode + NMS; only the scoring is shared with ours."""
     preds = {}
     with torch.no_grad():
-        for rec in coco.records:
+        for rec in ev.coco.records:
             tensor, lb = preprocess(read_image(rec.path), spec)
             out = ssd([torch.from_numpy(tensor).float() / 255.0])[0]
             preds[rec.image_id] = Detections(boxes_to_image(out["boxes"].numpy(), lb), out["scores"].numpy(),
                                              out["labels"].numpy().astype(np.int64) - 1)
-    return coco_map(coco, preds)
+    return ev.score_predictions(preds)
 
 
 def ort_latency(onnx_path: Path, x: np.ndarray, warmup: int, repeats: int) -> dict:
     out = {}
     for n in (1, 2):
-        so = ort.SessionOptions()
-        so.intra_op_num_threads, so.inter_op_num_threads = n, 1
-        sess = ort.InferenceSession(str(onnx_path), so, providers=["CPUExecutionProvider"])
+        sess = ort.InferenceSession(str(onnx_path), session_options(n), providers=["CPUExecutionProvider"])
         name = sess.get_inputs()[0].name
         out[f"{n}t"] = latency_ms(lambda s=sess, nm=name: s.run(None, {nm: x}), warmup, repeats)["p50"]
     return out
@@ -133,10 +131,10 @@ def main(argv: list[str] | None = None) -> int:
     print(f"ssdlite320_mobilenet_v3_large: training {epochs} epochs", flush=True)
     ssd = train_ssdlite(cfg, epochs)
     spec = cfg.detector.preprocess_spec()
-    coco = build_dataset("detector", cfg.dataset(), "val", spec).coco
-    results = {"ours": eval_detector(torch_runner(ours), coco, lambda im: preprocess(im, spec), ckpt["postprocess"]),
-               "ssdlite": eval_ssdlite(ssd, cfg)}
-    x = preprocess(read_image(coco.records[0].path), spec)[0][None]
+    ev = EvalSet("detector", cfg.dataset(), "val")
+    results = {"ours": ev.score(torch_runner(ours), lambda im: preprocess(im, spec), ckpt["postprocess"]),
+               "ssdlite": eval_ssdlite(ssd, ev, spec)}
+    x = preprocess(read_image(ev.images[0]), spec)[0][None]
     net = SSDLiteNet(ssd).eval()
     with tempfile.TemporaryDirectory() as tmp:
         dummy = Contract("detector", spec, ["x"], "compare", ["cls_logits", "boxes"])

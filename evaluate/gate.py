@@ -27,7 +27,8 @@ from datasets.config import DatasetError
 from deploy.contract import ContractError
 from deploy.preprocess import PreprocessSpec, preprocess, read_image
 from deploy.runtime import ModelLoadError, OrtModel
-from evaluate.bench import EvalSet, latency_ms
+from evaluate.bench import latency_ms
+from evaluate.metrics import EvalSet
 from evaluate.report import write_report
 from train.checkpoint import CheckpointError, load_checkpoint
 
@@ -77,7 +78,7 @@ def tensor_evidence(ref_fn, dep_fn, images: list[Path], n: int = 8) -> dict:
 
 def gate_model(kind: str, run: Path, limits: dict, split: str, deployed_fn, limit: int | None) -> dict:
     ckpt = load_checkpoint(run / kind / "best.pt")
-    ev = EvalSet(ckpt, split, limit)
+    ev = EvalSet.from_checkpoint(ckpt, split, limit)
     train_spec = PreprocessSpec.from_dict(ckpt["preprocess"])
     fp32 = OrtModel(run / "export" / f"{kind}.onnx")
     int8 = OrtModel(run / "export" / f"{kind}.int8.onnx")
@@ -96,7 +97,7 @@ def gate_model(kind: str, run: Path, limits: dict, split: str, deployed_fn, limi
     p = cells["reference/fp32"] - cells["deployed/fp32"]
     deltas = {"quantization": q, "preprocessing": p,
               "interaction": (cells["reference/fp32"] - cells["deployed/int8"]) - q - p}
-    images = [r.path for r in ev.coco.records] if kind == "detector" else [a for a, _ in ev.pairs]
+    images = ev.images
     evidence = tensor_evidence(ref_fn, dep_fn, images)
     x, _ = preprocess(read_image(images[0]), dep_spec)
     int8_1t = OrtModel(int8.path, threads=1)

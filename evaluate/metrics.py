@@ -16,7 +16,8 @@ from pycocotools.coco import COCO
 from pycocotools.cocoeval import COCOeval
 
 from datasets.coco import CocoDetection
-from datasets.masks import IGNORE_INDEX, read_mask
+from datasets.config import DatasetConfig, load_dataset_config
+from datasets.masks import IGNORE_INDEX, read_mask, value_lut
 from deploy.postprocess import Detections, decode_detections, decode_mask
 from deploy.preprocess import Letterbox, read_image
 
@@ -122,11 +123,6 @@ def predict_detections(runner: Runner, coco: CocoDetection, preprocess_fn: Prepr
     return preds
 
 
-def eval_detector(runner: Runner, coco: CocoDetection, preprocess_fn: PreprocessFn, post: dict,
-                  limit: int | None = None) -> dict:
-    return coco_map(coco, predict_detections(runner, coco, preprocess_fn, post, limit))
-
-
 def predict_masks(runner: Runner, pairs: Sequence[tuple[Path, Path]], preprocess_fn: PreprocessFn,
                   limit: int | None = None) -> list[np.ndarray]:
     out = []
@@ -145,3 +141,48 @@ def score_masks(preds: Sequence[np.ndarray], truths: Sequence[np.ndarray], class
 
 def load_truth_masks(pairs: Sequence[tuple[Path, Path]], lut: np.ndarray, limit: int | None = None):
     return [read_mask(m, lut) for _, m in list(pairs)[:limit]]
+
+
+class EvalSet:
+    """A labelled split, read once (annotations, truth masks), scored for any runner and preprocessing.
+
+    Training's per-epoch validation, bench, gate and export's INT8 budget all score through this.
+    """
+
+    def __init__(self, kind: str, data: DatasetConfig, split: str, limit: int | None = None):
+        self.kind, self.limit = kind, limit
+        if kind == "detector":
+            s = data.detection_split(split)
+            self.coco = CocoDetection(data.path(s.images), data.path(s.annotations))
+            self.images = [r.path for r in self.coco.records[:limit]]
+            self.is_train = s == data.detection.get("train")
+        else:
+            self.seg = data.segmentation
+            self.pairs = data.segmentation_pairs(split)[:limit]
+            self.truths = load_truth_masks(self.pairs, value_lut(self.seg))
+            self.images = [img for img, _ in self.pairs]
+            self.is_train = self.pairs == data.segmentation_pairs("train")[:limit]
+
+    @classmethod
+    def from_checkpoint(cls, ckpt: dict, split: str, limit: int | None = None) -> EvalSet:
+        return cls(ckpt["kind"], load_dataset_config(ckpt["config"]["data"]), split, limit)
+
+    def __len__(self) -> int:
+        return len(self.images)
+
+    def predict(self, runner: Runner, preprocess_fn: PreprocessFn, post: dict):
+        """Detections per image id (detector) or masks in split order (segmenter)."""
+        if self.kind == "detector":
+            return predict_detections(runner, self.coco, preprocess_fn, post, self.limit)
+        return predict_masks(runner, self.pairs, preprocess_fn)
+
+    def score_predictions(self, preds, reference=None) -> dict:
+        """Against the labels, or against `reference` predictions (label-free agreement) when given."""
+        if self.kind == "detector":
+            return coco_map(self.coco, preds) if reference is None else agreement_map(self.coco, reference, preds)
+        truths = self.truths if reference is None else reference
+        return score_masks(preds, truths, self.seg.classes, self.seg.thin_classes)
+
+    def score(self, runner: Runner, preprocess_fn: PreprocessFn, post: dict) -> dict:
+        return self.score_predictions(self.predict(runner, preprocess_fn, post))
+

@@ -20,7 +20,7 @@ import torch
 from datasets.config import DatasetError, load_dataset_config
 from deploy.preprocess import ImageReadError, PreprocessSpec, preprocess, read_image
 from deploy.runtime import OrtModel
-from evaluate.bench import EvalSet
+from evaluate.metrics import EvalSet
 from export.check_trt import check_model
 from export.onnx_export import contract_from_checkpoint, export_onnx, parity
 from export.ort_mobile import convert_to_ort, required_ops
@@ -70,7 +70,7 @@ def quantize_within_budget(ckpt: dict, fp32: Path, int8: Path, contract, calib: 
     """
     ex = export_settings(ckpt)
     kept = quantize_int8(fp32, int8, contract, calib, method)
-    ev = EvalSet(ckpt, "val", None)
+    ev = EvalSet.from_checkpoint(ckpt, "val")
     metric = BEST_METRIC[ckpt["kind"]]
     prep = lambda img: preprocess(img, contract.preprocess)  # noqa: E731
     ref = ev.score(OrtModel(fp32).infer, prep, contract.postprocess)[metric]

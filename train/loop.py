@@ -16,10 +16,8 @@ from torch.utils.data import DataLoader, DistributedSampler
 from torch.utils.flop_counter import FlopCounterMode
 from tqdm import tqdm
 
-from datasets.config import DatasetConfig
-from datasets.masks import value_lut
 from deploy.preprocess import PreprocessSpec, preprocess
-from evaluate.metrics import eval_detector, load_truth_masks, predict_masks, score_masks
+from evaluate.metrics import EvalSet
 from train import distributed
 from train.checkpoint import CheckpointError, check_compatible, load_checkpoint, save_checkpoint
 from train.config import ExperimentConfig, TaskConfig
@@ -113,18 +111,9 @@ def torch_runner(model: nn.Module):
 
 
 @torch.no_grad()
-def evaluate(model: nn.Module, kind: str, data: DatasetConfig, split: str, spec: PreprocessSpec,
-             post: dict, val_set=None) -> dict:
+def evaluate(model: nn.Module, val: EvalSet, spec: PreprocessSpec, post: dict) -> dict:
     """Score a torch model through the deploy pre/post-processing (as the exported model will be)."""
-    model.eval()
-    run, prep = torch_runner(model), lambda img: preprocess(img, spec)
-    if kind == "detector":
-        coco = val_set.coco if val_set is not None else build_dataset(kind, data, split, spec).coco
-        return eval_detector(run, coco, prep, post)
-    pairs = data.segmentation_pairs(split)
-    seg = data.segmentation
-    truths = load_truth_masks(pairs, value_lut(seg))
-    return score_masks(predict_masks(run, pairs, prep), truths, seg.classes, seg.thin_classes)
+    return val.score(torch_runner(model.eval()), lambda img: preprocess(img, spec), post)
 
 
 def fit(kind: str, task: TaskConfig, cfg: ExperimentConfig, out_dir: Path, val_split: str = "val",
@@ -140,7 +129,7 @@ def fit(kind: str, task: TaskConfig, cfg: ExperimentConfig, out_dir: Path, val_s
         torch.use_deterministic_algorithms(True, warn_only=True)
     data, spec = cfg.dataset(), task.preprocess_spec()
     train_set = build_dataset(kind, data, "train", spec, s.augment, s.cache_images)
-    val_set = build_dataset(kind, data, val_split, spec)
+    val = EvalSet(kind, data, val_split)  # labels and truth masks read once, not every epoch
     names = train_set.class_names
     m = task.model
     model_args = dict(num_classes=len(names), backbone=m.backbone, width_mult=m.width_mult, channels=m.channels,
@@ -149,7 +138,7 @@ def fit(kind: str, task: TaskConfig, cfg: ExperimentConfig, out_dir: Path, val_s
     params, gflops = model_cost(model, spec.input_size)
     if rank == 0:
         print(f"{kind}: {m.backbone} x{m.width_mult}, {params / 1e6:.2f} M parameters, {gflops:.2f} GFLOPs at "
-              f"{spec.input_size[0]}x{spec.input_size[1]}, {len(train_set)} train / {len(val_set)} {val_split} "
+              f"{spec.input_size[0]}x{spec.input_size[1]}, {len(train_set)} train / {len(val)} {val_split} "
               f"images" + (f", {world} processes" if world > 1 else ""), flush=True)
     gen = torch.Generator()
     sampler = None
@@ -209,7 +198,7 @@ def fit(kind: str, task: TaskConfig, cfg: ExperimentConfig, out_dir: Path, val_s
                                  ema, scaler)
         if rank == 0:
             final = ema.module if ema is not None else distributed.unwrap(model)
-            metrics = evaluate(final.cpu(), kind, data, val_split, spec, post, val_set)
+            metrics = evaluate(final.cpu(), val, spec, post)
             final.to(device)
             row = {"epoch": epoch, "lr": optimizer.param_groups[0]["lr"], **losses,
                    **{k: v for k, v in metrics.items() if not isinstance(v, dict)}, "seconds": time.time() - t0}

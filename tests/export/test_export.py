@@ -128,11 +128,12 @@ def test_int8_over_budget_keeps_the_most_sensitive_convs_in_float(tiny_run, tiny
     assert "qdq SQNR dB" in table and "1 exclusion round(s)" in table
     # what ships is the best set tried, and the file on disk scores what the manifest will say
     from deploy.preprocess import preprocess
-    from evaluate.bench import EvalSet
+    from evaluate.metrics import EvalSet
 
     shipped = OrtModel(tmp_path / "detector.int8.onnx")
     spec = shipped.contract.preprocess
-    got = EvalSet(ckpt, "val", None).score(shipped.infer, lambda im: preprocess(im, spec), shipped.contract.postprocess)
+    val = EvalSet.from_checkpoint(ckpt, "val")
+    got = val.score(shipped.infer, lambda im: preprocess(im, spec), shipped.contract.postprocess)
     assert got[acc["metric"]] == acc["int8"]
 
 
