@@ -9,9 +9,11 @@ CONFIG ?= configs/demo.yaml
 NAME ?= $(basename $(notdir $(CONFIG)))
 RUN ?= runs/$(NAME)
 GATE ?= configs/gate.yaml
+GATE_ARGS ?=
 
 .DEFAULT_GOAL := help
-.PHONY: help setup data train export bench gate demo test lint clean distclean compare-ssdlite receptive-field
+.PHONY: help setup data train export bench gate gate-selftest demo test lint clean distclean compare-ssdlite \
+	receptive-field
 
 help: ## list the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-10s %s\n", $$1, $$2}'
@@ -33,11 +35,14 @@ train: data ## train the detector and the segmenter into $(RUN)
 export: setup ## ONNX fp32 + INT8 QDQ for both models, with parity checks
 	$(PY) -m export --run $(RUN)
 
-bench: setup ## accuracy and latency of every variant -> $(RUN)/report.{md,json}
+bench: setup ## accuracy, latency, memory of every variant -> $(RUN)/bench/report.{md,json} + plots
 	$(PY) -m evaluate.bench --run $(RUN)
 
-gate: setup ## 2x2 accuracy attribution (preprocessing x quantization) against $(GATE); exit 1 on failure
-	$(PY) -m evaluate.gate --run $(RUN) --config $(GATE)
+gate: setup ## 2x2 attribution (preprocessing x quantization) against $(GATE) -> $(RUN)/gate/; exit 1 on failure
+	$(PY) -m evaluate.gate --run $(RUN) --config $(GATE) $(GATE_ARGS)
+
+gate-selftest: setup ## inject preprocessing and quantization faults; the gate must blame each on its stage
+	$(PY) -m evaluate.gate_selftest --config configs/gate-selftest.yaml --out runs/gate-selftest --fresh
 
 demo: setup ## data + train + export + bench + gate on the synthetic dataset, small settings
 	$(MAKE) --no-print-directory data train export bench gate CONFIG=$(CONFIG) RUN=$(RUN)
@@ -51,9 +56,10 @@ receptive-field: data ## per-level stride and receptive field of the detector vs
 lint: setup ## ruff over the code
 	$(PY) -m ruff check .
 
-test: setup ## lint, then the test suite
+test: setup ## lint, the test suite, then the gate self-test
 	$(MAKE) --no-print-directory lint
 	$(PY) -m pytest
+	$(MAKE) --no-print-directory gate-selftest
 
 clean: ## remove outputs (runs/, data/)
 	rm -rf runs data .pytest_cache .ruff_cache

@@ -1,8 +1,11 @@
 """python -m evaluate.bench --run runs/demo
 
-Accuracy and latency of every variant of every exported model (torch fp32, ORT fp32, ORT INT8), measured
-in one run so ratios are comparable. Writes runs/<name>/report.json (detector.fp32.map50, ...) and
-report.md, and prints the table.
+Accuracy, latency (p50/p90/p99 after warm-up, at 1 thread and all threads), throughput, peak memory and
+file size of every variant of every exported model, measured in one run so ratios are comparable: torch
+fp32, ONNX Runtime fp32 / INT8 (CPU file) / INT8 (TensorRT QDQ file) / .ort files, and TensorRT engines
+where TensorRT and a GPU are present. Each INT8 variant gets its speed-up over the fp32 ONNX. Writes
+runs/<name>/bench/report.json (detector.fp32.map50, ...), report.md and the plots (latency vs accuracy
+with the Pareto front, the detector's PR curve), and prints the table.
 """
 
 from __future__ import annotations
@@ -10,6 +13,7 @@ from __future__ import annotations
 import argparse
 import os
 import platform
+import subprocess
 import sys
 import time
 from collections.abc import Callable
@@ -22,11 +26,10 @@ from datasets.config import DatasetError
 from deploy.preprocess import PreprocessSpec, preprocess, read_image
 from deploy.runtime import OrtModel
 from evaluate.metrics import EvalSet
+from evaluate.plots import plot_pareto, plot_pr
 from evaluate.report import render_markdown, write_report
 from train.checkpoint import CheckpointError, load_checkpoint, model_from_checkpoint
 from train.loop import torch_runner
-
-VARIANTS = ("torch", "fp32", "int8")
 
 
 def get_args_parser() -> argparse.ArgumentParser:
@@ -47,8 +50,41 @@ def latency_ms(fn: Callable[[], object], warmup: int, repeats: int) -> dict:
         t0 = time.perf_counter()
         fn()
         times[i] = (time.perf_counter() - t0) * 1e3
-    return {"p50": float(np.percentile(times, 50)), "p90": float(np.percentile(times, 90)),
-            "mean": float(times.mean())}
+    p50, p90, p99 = np.percentile(times, [50, 90, 99])
+    return {"p50": float(p50), "p90": float(p90), "p99": float(p99), "mean": float(times.mean()),
+            "fps": float(1e3 / times.mean())}  # batch 1, back to back
+
+
+_PEAK_SCRIPT = """
+import sys, numpy as np
+from deploy.runtime import OrtModel
+def rss(field):
+    for line in open("/proc/self/status"):
+        if line.startswith(field + ":"):
+            return int(line.split()[1]) / 1024
+base = rss("VmRSS")
+m = OrtModel(sys.argv[1], threads=1)
+x = np.zeros((1, 3, *m.contract.preprocess.input_size), np.uint8)
+for _ in range(5):
+    m.infer(x)
+print(rss("VmHWM") - base)
+"""
+
+
+def peak_memory_mb(path: Path) -> float | None:
+    """Peak resident memory a fresh process adds by loading the model and running it (Linux, else None)."""
+    if not Path("/proc/self/status").is_file():
+        return None
+    r = subprocess.run([sys.executable, "-c", _PEAK_SCRIPT, str(path)], capture_output=True, text=True,
+                       cwd=Path(__file__).resolve().parents[1], timeout=300)
+    return float(r.stdout.strip()) if r.returncode == 0 and r.stdout.strip() else None
+
+
+def onnx_variants(kind: str, export: Path) -> list[tuple[str, Path]]:
+    names = [("fp32", f"{kind}.onnx"), ("int8", f"{kind}.int8.onnx"),
+             ("int8-trt", f"{kind}.int8-trt.onnx"),  # the TensorRT QDQ file, run by ONNX Runtime here
+             ("fp32.ort", f"mobile/{kind}.ort"), ("int8.ort", f"mobile/{kind}.int8.ort")]
+    return [(v, export / f) for v, f in names if (export / f).is_file()]
 
 
 def bench_model(kind: str, run: Path, split: str, warmup: int, repeats: int, limit: int | None) -> dict:
@@ -70,28 +106,52 @@ def bench_model(kind: str, run: Path, split: str, warmup: int, repeats: int, lim
     out["torch"] = {**ev.score(run_torch, lambda img: preprocess(img, spec), ckpt["postprocess"]),
                     "latency_ms": lat, "size_mb": None, "params": ckpt.get("params"), "gflops": ckpt.get("gflops")}
     preds = {}
-    for variant, fname in (("fp32", f"{kind}.onnx"), ("int8", f"{kind}.int8.onnx")):
-        path = run / "export" / fname
-        if not path.is_file():
-            continue
+    for variant, path in onnx_variants(kind, run / "export"):
         models = {n: OrtModel(path, threads=n) for n in (1, threads_all)}
         m = models[threads_all]
         c = m.contract
         lat = {f"{n}t": latency_ms(lambda mm=mm: mm.infer(x), warmup, repeats) for n, mm in models.items()}
+        mem = peak_memory_mb(path)
         preds[variant] = ev.predict(m.infer, lambda img, c=c: preprocess(img, c.preprocess), c.postprocess)
-        out[variant] = {**ev.score_predictions(preds[variant]), "latency_ms": lat,
-                        "size_mb": path.stat().st_size / 2**20}
+        out[variant] = {**ev.score_predictions(preds[variant]), "latency_ms": lat, "peak_memory_mb": mem,
+                        "size_mb": path.stat().st_size / 2**20, "file": str(path.relative_to(run))}
+    out.update(tensorrt_variants(kind, run, ev, x, warmup, repeats))
     if ev.is_train:
         out["note"] = {"split": f"the {split} split is the training images: figures measure quantization "
                                 "fidelity, not generalisation"}
-    if "fp32" in out and "int8" in out:
-        # quantization fidelity without labels: INT8 scored against the fp32 model's own predictions
-        agree = ev.score_predictions(preds["int8"], reference=preds["fp32"])
-        out["int8"]["agreement"] = agree["map50"] if kind == "detector" else agree["miou"]
-        for t in out["int8"]["latency_ms"]:
-            out["int8"][f"speedup_{t}"] = out["fp32"]["latency_ms"][t]["p50"] / out["int8"]["latency_ms"][t]["p50"]
-        out["int8"]["size_ratio"] = out["int8"]["size_mb"] / out["fp32"]["size_mb"]
+    for variant in [v for v in preds if v != "fp32" and "fp32" in preds]:
+        # quantization fidelity without labels: each variant scored against the fp32 model's own predictions
+        agree = ev.score_predictions(preds[variant], reference=preds["fp32"])
+        out[variant]["agreement"] = agree["map50"] if kind == "detector" else agree["miou"]
+        for t in out[variant]["latency_ms"]:
+            out[variant][f"speedup_{t}"] = out["fp32"]["latency_ms"][t]["p50"] / out[variant]["latency_ms"][t]["p50"]
+        out[variant]["size_ratio"] = out[variant]["size_mb"] / out["fp32"]["size_mb"]
     return out
+
+
+def tensorrt_variants(kind: str, run: Path, ev: EvalSet, x, warmup: int, repeats: int) -> dict:
+    """TensorRT FP16 / INT8 engines where TensorRT and a GPU are present; nothing (and a note) elsewhere."""
+    from deploy.trt_engine import TensorRTUnavailable, import_tensorrt
+
+    try:
+        import_tensorrt()
+    except TensorRTUnavailable as e:
+        return {"tensorrt": {"skipped": str(e)}}
+    return {"tensorrt": {"skipped": "engine timing runs in `python -m export.tensorrt`; the bench's TensorRT "
+                                    "runner comes with the runtime's TensorRT backend"}}
+
+
+def make_plots(report: dict, out: Path) -> list[str]:
+    out.mkdir(parents=True, exist_ok=True)
+    files = []
+    for kind, metric in (("detector", "map"), ("segmenter", "thin_iou")):
+        if kind in report:
+            variants = {k: v for k, v in report[kind].items() if isinstance(v, dict) and "latency_ms" in v}
+            files.append(plot_pareto(kind, variants, metric, "1t", out).name)
+    if "detector" in report:
+        curves = {k: np.array(v["pr50"]) for k, v in report["detector"].items() if isinstance(v, dict) and "pr50" in v}
+        files.append(plot_pr(curves, out).name)
+    return files
 
 
 def machine() -> dict:
@@ -111,6 +171,7 @@ def main(argv: list[str] | None = None) -> int:
                 report[kind] = bench_model(kind, run, args.split, args.warmup, args.repeats, args.limit)
         if not any(k in report for k in ("detector", "segmenter")):
             raise CheckpointError(f"{run}: nothing to benchmark; run `make train` and `make export` first")
+        report["plots"] = make_plots(report, run / "bench")
         write_report(run, report)
         print(render_markdown(report))
         return 0

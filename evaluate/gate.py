@@ -1,14 +1,15 @@
-"""python -m evaluate.gate --run runs/demo --config configs/gate.yaml [--deployed-preprocess mod:fn]
+"""python -m evaluate.gate --run runs/demo [--config configs/gate.yaml] [--deployed-preprocess mod:fn |
+                         --capture DIR] [--no-labels] [--update-baseline]
 
-Accuracy in the 2x2 design (reference | deployed preprocessing) x (fp32 | int8), so a drop is blamed on
-the stage that caused it:
-  quantization  = ref/fp32 - ref/int8     (same inputs, different weights/activations precision)
-  preprocessing = ref/fp32 - deployed/fp32 (same model, different input tensors)
-  interaction   = (ref/fp32 - deployed/int8) - quantization - preprocessing
-Reference preprocessing is the training data path (the checkpoint's spec through deploy.preprocess);
-deployed preprocessing is the contract read from the ONNX file through the runtime's code, or any
-`module:function(img_bgr, spec) -> (tensor, letterbox)` given on the command line.
-Exit code: 0 pass, 1 fail, 2 could not run.
+A release gate that says *why* accuracy moved. Accuracy is measured in the 2x2 design (reference |
+deployed preprocessing) x (fp32 | int8) (see evaluate.attribution), so a drop is blamed on quantization,
+on preprocessing, or on both, with tensor-level evidence. Reference preprocessing is the training data
+path (the checkpoint's spec); deployed preprocessing is the contract read from the ONNX file through the
+runtime's code, a `module:function(img_bgr, spec) -> (tensor, letterbox)`, or the tensors a device
+captured (`--capture DIR`, `DIR/<model>/<id>.png|npz`, label-free). Thresholds, latency budgets per
+target, size caps and the committed baseline are in the YAML config.
+Writes runs/<name>/gate/gate.json, gate.junit.xml and worst/<model>/*.jpg, and the gate section of the
+bench report. Exit code: 0 pass, 1 fail, 2 could not run.
 """
 
 from __future__ import annotations
@@ -19,14 +20,16 @@ import json
 import os
 import sys
 from pathlib import Path
+from xml.sax.saxutils import quoteattr
 
-import numpy as np
 import yaml
 
-from datasets.config import DatasetError
+from datasets.config import DatasetError, load_dataset_config
+from deploy.capture import CaptureError, capture_frames, captured_preprocess
 from deploy.contract import ContractError
-from deploy.preprocess import PreprocessSpec, preprocess, read_image
+from deploy.preprocess import ImageReadError, PreprocessSpec, preprocess, read_image
 from deploy.runtime import ModelLoadError, OrtModel
+from evaluate import attribution as att
 from evaluate.bench import latency_ms
 from evaluate.metrics import EvalSet
 from evaluate.report import write_report
@@ -39,11 +42,14 @@ def get_args_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="python -m evaluate.gate", description=__doc__,
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--run", required=True)
-    p.add_argument("--config", default="configs/gate.yaml", help="thresholds")
+    p.add_argument("--config", default="configs/gate.yaml", help="thresholds, budgets and baseline")
     p.add_argument("--split", default="val")
     p.add_argument("--deployed-preprocess", default=None,
                    help="module:function(img_bgr, spec) -> (tensor, letterbox) used as the deployed path")
+    p.add_argument("--capture", default=None, help="device captures: DIR/<model>/<id>.png + <id>.npz (no labels)")
+    p.add_argument("--no-labels", action="store_true", help="score by agreement with fp32 on reference inputs")
     p.add_argument("--limit", type=int, default=None, help="score only the first N images")
+    p.add_argument("--update-baseline", action="store_true", help="write this run's figures as the new baseline")
     return p
 
 
@@ -54,74 +60,144 @@ def load_function(ref: str):
     return getattr(importlib.import_module(mod), fn)
 
 
-def psnr(a: np.ndarray, b: np.ndarray) -> float:
-    mse = float(np.mean((a.astype(np.float64) - b.astype(np.float64)) ** 2))
-    return float("inf") if mse == 0 else 10 * np.log10(255.0**2 / mse)
-
-
-def tensor_evidence(ref_fn, dep_fn, images: list[Path], n: int = 8) -> dict:
-    """Input-tensor difference between reference and deployed preprocessing on the first n images."""
-    worst_abs, worst_psnr, worst_img = 0, float("inf"), None
-    for p in images[:n]:
-        img = read_image(p)
-        a, b = ref_fn(img)[0], dep_fn(img)[0]
-        if a.shape != b.shape:
-            return {"max_abs": 255, "min_psnr": 0.0, "worst_image": str(p), "note": f"shape {a.shape} vs {b.shape}"}
-        d = int(np.abs(a.astype(np.int16) - b.astype(np.int16)).max())
-        q = psnr(a, b)
-        if q < worst_psnr:
-            worst_psnr, worst_img = q, str(p)
-        worst_abs = max(worst_abs, d)
-    return {"max_abs": worst_abs, "min_psnr": worst_psnr if np.isfinite(worst_psnr) else None,
-            "worst_image": worst_img}
-
-
-def gate_model(kind: str, run: Path, limits: dict, split: str, deployed_fn, limit: int | None) -> dict:
+def gate_model(kind: str, run: Path, limits: dict, split: str = "val", deployed_fn=None, limit: int | None = None,
+               labels: bool = True, capture: Path | None = None, int8_path: Path | None = None,
+               evidence_dir: Path | None = None) -> dict:
+    """Cells, deltas, evidence and checks for one model. `int8_path` overrides the exported INT8 file."""
     ckpt = load_checkpoint(run / kind / "best.pt")
-    ev = EvalSet.from_checkpoint(ckpt, split, limit)
-    train_spec = PreprocessSpec.from_dict(ckpt["preprocess"])
     fp32 = OrtModel(run / "export" / f"{kind}.onnx")
-    int8 = OrtModel(run / "export" / f"{kind}.int8.onnx")
-    if fp32.contract.config_hash != ckpt["config_hash"]:
-        raise ContractError(f"{fp32.path}: config hash differs from the checkpoint's; re-run `make export`")
+    int8 = OrtModel(int8_path or run / "export" / f"{kind}.int8.onnx")
+    for m in (fp32, int8):
+        if m.contract.config_hash != ckpt["config_hash"]:
+            raise ContractError(f"{m.path}: config hash differs from the checkpoint's; re-run `make export`")
+    train_spec = PreprocessSpec.from_dict(ckpt["preprocess"])
     dep_spec = fp32.contract.preprocess
     ref_fn = lambda img: preprocess(img, train_spec)  # noqa: E731
     dep_fn = (lambda img: deployed_fn(img, dep_spec)) if deployed_fn else (lambda img: preprocess(img, dep_spec))
+    if capture is not None:
+        frames = capture_frames(capture / kind)
+        dep_fn, labels = captured_preprocess(frames), False
+        data = load_dataset_config(ckpt["config"]["data"])
+        thin = data.segmentation.thin_classes if kind == "segmenter" and data.segmentation else ()
+        ev = EvalSet.unlabeled(kind, frames, (evidence_dir or run / "gate") / "work" / kind,
+                               fp32.contract.class_names, thin)
+    else:
+        ev = EvalSet.from_checkpoint(ckpt, split, limit)
     post = fp32.contract.postprocess
     metric = limits.get("metric", PRIMARY[kind])
-    cells = {}
-    for pname, pfn in (("reference", ref_fn), ("deployed", dep_fn)):
-        for mname, m in (("fp32", fp32), ("int8", int8)):
-            cells[f"{pname}/{mname}"] = ev.score(m.infer, pfn, post)[metric]
-    q = cells["reference/fp32"] - cells["reference/int8"]
-    p = cells["reference/fp32"] - cells["deployed/fp32"]
-    deltas = {"quantization": q, "preprocessing": p,
-              "interaction": (cells["reference/fp32"] - cells["deployed/int8"]) - q - p}
-    images = ev.images
-    evidence = tensor_evidence(ref_fn, dep_fn, images)
-    x, _ = preprocess(read_image(images[0]), dep_spec)
+    preds = att.predict_cells(ev, {"fp32": fp32.infer, "int8": int8.infer}, {"reference": ref_fn, "deployed": dep_fn},
+                              post)
+    cells = att.score_cells(ev, preds, metric, labels)
+    out_dir = (evidence_dir or run / "gate") / "worst" / kind
+    evidence = {
+        "input_tensor": att.input_evidence(ref_fn, dep_fn, ev.images),
+        "output_sqnr_db": att.output_divergence(fp32.infer, int8.infer, ref_fn, ev.images, fp32.contract.outputs),
+        "worst_layers": att.top_sqnr_layers(fp32.path, int8.path, ev.images[:8], train_spec),
+        "worst_images": att.save_worst(ev, preds, out_dir),
+    }
+    x, _ = ref_fn(read_image(ev.images[0]))
     int8_1t = OrtModel(int8.path, threads=1)
-    lat = latency_ms(lambda: int8_1t.infer(x), warmup=5, repeats=30)["p50"]
-    checks = [
-        ("quantization drop", q, limits["max_quantization_drop"]),
-        ("preprocessing drop", p, limits["max_preprocessing_drop"]),
-        (f"min {metric} (deployed int8)", cells["deployed/int8"], limits.get("min_accuracy")),
-        ("int8 latency ms (cpu-1thread)", lat, limits.get("latency_ms", {}).get("cpu-1thread")),
-        ("int8 size MB", int8.path.stat().st_size / 2**20, limits.get("max_size_mb")),
-    ]
-    out_checks = []
-    for name, value, lim in checks:
-        if lim is None:
-            continue
-        passed = value >= lim if name.startswith("min ") else value <= lim
-        out_checks.append({"name": f"{kind}: {name}", "value": float(value), "limit": float(lim), "passed": passed})
-    return {"metric": metric, "cells": cells, "deltas": deltas, "input_tensor": evidence, "checks": out_checks}
+    measured = {"cpu-1thread": latency_ms(lambda: int8_1t.infer(x[None]), warmup=5, repeats=30)["p50"]}
+    size_mb = int8.path.stat().st_size / 2**20
+    d = att.deltas(cells)
+    checks = [check(kind, "quantization drop", d["quantization"], limits.get("max_quantization_drop"), "max",
+                    "quantization"),
+              check(kind, "preprocessing drop", d["preprocessing"], limits.get("max_preprocessing_drop"), "max",
+                    "preprocessing"),
+              check(kind, "input tensor PSNR dB (reference vs deployed)", evidence["input_tensor"]["min_psnr"],
+                    limits.get("min_input_psnr"), "min", "preprocessing")]
+    if labels:
+        checks.append(check(kind, f"{metric} (deployed int8)", cells["deployed/int8"], limits.get("min_accuracy"),
+                            "min"))
+    for target, budget in (limits.get("latency_ms") or {}).items():
+        if target in measured:
+            checks.append(check(kind, f"int8 latency ms ({target})", measured[target], budget, "max"))
+        else:  # e.g. jetson-orin: measured where TensorRT runs the engine (python -m export.tensorrt)
+            checks.append({**check(kind, f"int8 latency ms ({target})", None, budget, "max"),
+                           "skipped": f"no {target} device here"})
+    checks.append(check(kind, "int8 size MB", size_mb, limits.get("max_size_mb"), "max"))
+    return {"metric": metric, "labels": labels, "cells": cells, "deltas": d, "evidence": evidence,
+            "latency_ms": measured, "size_mb": size_mb, "images": len(ev.images),
+            "checks": [c for c in checks if c["limit"] is not None]}
 
 
-def blame(result: dict, limits: dict) -> str:
-    d = result["deltas"]
-    over = [k for k in ("quantization", "preprocessing") if d[k] > limits[f"max_{k}_drop"]]
-    return " + ".join(over) if over else "none"
+def check(kind: str, name: str, value, limit, sense: str, stage: str | None = None) -> dict:
+    if limit is None or value is None:
+        return {"name": f"{kind}: {name}", "value": value, "limit": limit, "passed": True, "stage": stage}
+    passed = value >= limit if sense == "min" else value <= limit
+    return {"name": f"{kind}: {name}", "value": float(value), "limit": float(limit), "passed": bool(passed),
+            "stage": stage}
+
+
+def blame(result: dict) -> str:
+    """The stages whose checks failed: 'none', 'quantization', 'preprocessing' or both."""
+    failed = {c["stage"] for c in result["checks"] if c.get("stage") and not c["passed"]}
+    return " + ".join(s for s in ("quantization", "preprocessing") if s in failed) or "none"
+
+
+def baseline_checks(kind: str, result: dict, base: dict | None, tol: dict) -> list[dict]:
+    """Regression against the committed baseline: accuracy, latency and size may not get worse than tol."""
+    if not base:
+        return []
+    out = [check(kind, f"baseline {result['metric']} (deployed int8, baseline {base['accuracy']:.4f})",
+                 result["cells"]["deployed/int8"], base["accuracy"] - tol.get("accuracy", 0.01), "min")]
+    if "cpu-1thread" in base.get("latency_ms", {}):
+        out.append(check(kind, "baseline latency ms (cpu-1thread)", result["latency_ms"]["cpu-1thread"],
+                         base["latency_ms"]["cpu-1thread"] * tol.get("latency_ratio", 1.5), "max"))
+    out.append(check(kind, "baseline size MB", result["size_mb"], base["size_mb"] * tol.get("size_ratio", 1.05), "max"))
+    return out
+
+
+def junit_xml(gate: dict) -> str:
+    cases = []
+    for c in gate["checks"]:
+        body = ""
+        if c.get("skipped"):
+            body = f"<skipped message={quoteattr(c['skipped'])}/>"
+        elif not c["passed"]:
+            msg = f"{c['value']} vs limit {c['limit']}"
+            body = f"<failure message={quoteattr(msg)}/>"
+        cases.append(f"  <testcase classname=\"edge_vision.gate\" name={quoteattr(c['name'])}>{body}</testcase>")
+    failures = sum(not c["passed"] for c in gate["checks"])
+    skipped = sum(bool(c.get("skipped")) for c in gate["checks"])
+    return (f'<?xml version="1.0" encoding="utf-8"?>\n<testsuite name="edge-vision gate" tests="{len(cases)}" '
+            f'failures="{failures}" skipped="{skipped}">\n' + "\n".join(cases) + "\n</testsuite>\n")
+
+
+def write_atomic(path: Path, text: str) -> None:
+    tmp = path.with_name(path.name + ".tmp")
+    tmp.write_text(text)
+    os.replace(tmp, path)
+
+
+def run_gate(args, cfg: dict) -> dict:
+    run = Path(args.run)
+    deployed_fn = load_function(args.deployed_preprocess) if args.deployed_preprocess else None
+    capture = Path(args.capture) if args.capture else None
+    baseline_path = Path(cfg.get("baseline", "")) if cfg.get("baseline") else None
+    baseline = json.loads(baseline_path.read_text()) if baseline_path and baseline_path.is_file() else {}
+    models = {}
+    for kind in ("detector", "segmenter"):
+        if (run / kind / "best.pt").is_file() and kind in cfg and (capture is None or (capture / kind).is_dir()):
+            r = gate_model(kind, run, cfg[kind], args.split, deployed_fn, args.limit, not args.no_labels, capture)
+            if not args.update_baseline and r["labels"]:
+                r["checks"] += baseline_checks(kind, r, baseline.get(kind), cfg.get("baseline_tolerance", {}))
+            r["blame"] = blame(r)
+            models[kind] = r
+    if not models:
+        raise CheckpointError(f"{run}: no trained and exported model that {args.config} has limits for")
+    checks = [c for m in models.values() for c in m["checks"]]
+    gate = {"verdict": "pass" if all(c["passed"] for c in checks) else "fail", "config": args.config,
+            "deployed_preprocess": args.capture or args.deployed_preprocess or "runtime",
+            "labels": all(m["labels"] for m in models.values()), "models": models, "checks": checks}
+    if args.update_baseline:
+        if baseline_path is None:
+            raise ValueError(f"{args.config}: no `baseline:` path to write")
+        new = {k: {"metric": m["metric"], "accuracy": m["cells"]["deployed/int8"], "latency_ms": m["latency_ms"],
+                   "size_mb": m["size_mb"]} for k, m in models.items()}
+        write_atomic(baseline_path, json.dumps(new, indent=2) + "\n")
+        print(f"gate: baseline written to {baseline_path}; commit it to accept these figures")
+    return gate
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -129,33 +205,23 @@ def main(argv: list[str] | None = None) -> int:
     run = Path(args.run)
     try:
         cfg = yaml.safe_load(Path(args.config).read_text())
-        deployed_fn = load_function(args.deployed_preprocess) if args.deployed_preprocess else None
-        models = {}
-        for kind in ("detector", "segmenter"):
-            if (run / kind / "best.pt").is_file() and kind in cfg:
-                models[kind] = gate_model(kind, run, cfg[kind], args.split, deployed_fn, args.limit)
-                models[kind]["blame"] = blame(models[kind], cfg[kind])
-        if not models:
-            raise CheckpointError(f"{run}: no trained and exported model that {args.config} has limits for")
-    except (CheckpointError, ContractError, ModelLoadError, DatasetError, FileNotFoundError, ValueError,
-            KeyError, ImportError, AttributeError) as e:
+        gate = run_gate(args, cfg)
+    except (CheckpointError, ContractError, ModelLoadError, DatasetError, CaptureError, ImageReadError,
+            FileNotFoundError, ValueError, KeyError, ImportError, AttributeError) as e:
         print(f"gate: could not run: {e}", file=sys.stderr)
         return 2
-    checks = [c for m in models.values() for c in m["checks"]]
-    verdict = "pass" if all(c["passed"] for c in checks) else "fail"
-    gate = {"verdict": verdict, "config": args.config, "deployed_preprocess": args.deployed_preprocess or "runtime",
-            "models": models, "checks": checks}
     out = run / "gate"
     out.mkdir(parents=True, exist_ok=True)
-    tmp = out / "gate.json.tmp"
-    tmp.write_text(json.dumps(gate, indent=2))
-    os.replace(tmp, out / "gate.json")
+    write_atomic(out / "gate.json", json.dumps(gate, indent=2))
+    write_atomic(out / "gate.junit.xml", junit_xml(gate))
     write_report(run, {"gate": gate})
     print_verdict(gate)
-    return 0 if verdict == "pass" else 1
+    return 0 if gate["verdict"] == "pass" else 1
 
 
 def print_verdict(gate: dict) -> None:
+    mode = "labels" if gate["labels"] else "no labels: agreement with fp32 on reference inputs"
+    print(f"gate ({mode}; deployed preprocessing: {gate['deployed_preprocess']})")
     print(f"{'model':<10} {'metric':<9} {'ref/fp32':>9} {'ref/int8':>9} {'dep/fp32':>9} {'dep/int8':>9} "
           f"{'quant':>7} {'preproc':>8} {'interact':>9}  blame")
     for kind, g in gate["models"].items():
@@ -163,8 +229,16 @@ def print_verdict(gate: dict) -> None:
         print(f"{kind:<10} {g['metric']:<9} {c['reference/fp32']:>9.4f} {c['reference/int8']:>9.4f} "
               f"{c['deployed/fp32']:>9.4f} {c['deployed/int8']:>9.4f} {d['quantization']:>7.4f} "
               f"{d['preprocessing']:>8.4f} {d['interaction']:>9.4f}  {g['blame']}")
+        ev = g["evidence"]
+        print(f"  {kind}: input tensors max |diff| {ev['input_tensor']['max_abs']}, min PSNR "
+              f"{ev['input_tensor']['min_psnr']:.1f} dB; int8 output SQNR "
+              + ", ".join(f"{k} {v:.1f} dB" for k, v in ev["output_sqnr_db"].items())
+              + "; worst layer " + (f"{ev['worst_layers'][0]['tensor']} ({ev['worst_layers'][0]['qdq_sqnr']:.1f} dB)"
+                                    if ev["worst_layers"] else "-"))
     for ch in gate["checks"]:
-        print(f"  [{'pass' if ch['passed'] else 'FAIL'}] {ch['name']}: {ch['value']:.4g} (limit {ch['limit']:.4g})")
+        state = "skip" if ch.get("skipped") else ("pass" if ch["passed"] else "FAIL")
+        value = "-" if ch["value"] is None else f"{ch['value']:.4g}"
+        print(f"  [{state}] {ch['name']}: {value} (limit {ch['limit']:.4g})")
     print(f"gate: {gate['verdict'].upper()}")
 
 

@@ -8,8 +8,11 @@ from __future__ import annotations
 
 import contextlib
 import io
+import json
+import os
 from collections.abc import Callable, Sequence
 from pathlib import Path
+from types import SimpleNamespace
 
 import numpy as np
 from pycocotools.coco import COCO
@@ -44,7 +47,11 @@ def coco_gt(coco: CocoDetection) -> COCO:
 
 
 def coco_map(coco: CocoDetection, preds: dict[int, Detections], gt: COCO | None = None) -> dict:
-    """preds: image_id -> Detections (contiguous labels). -> {"map": mAP@[.5:.95], "map50": mAP@.5}."""
+    """preds: image_id -> Detections (contiguous labels).
+
+    -> {"map": mAP@[.5:.95], "map50": mAP@.5, "pr50": precision at recall 0, .01, ..., 1 (IoU .5, mean
+    over the classes that have ground truth)}.
+    """
     gt = gt or coco_gt(coco)
     res = []
     for image_id, d in preds.items():
@@ -53,7 +60,7 @@ def coco_map(coco: CocoDetection, preds: dict[int, Detections], gt: COCO | None 
         for b, s, c in zip(xywh.tolist(), d.scores.tolist(), d.labels.tolist(), strict=True):
             res.append({"image_id": image_id, "category_id": coco.category_ids[c], "bbox": b, "score": s})
     if not res:
-        return {"map": 0.0, "map50": 0.0}
+        return {"map": 0.0, "map50": 0.0, "pr50": [0.0] * 101}
     with contextlib.redirect_stdout(io.StringIO()):
         dt = gt.loadRes(res)
         ev = COCOeval(gt, dt, "bbox")
@@ -61,7 +68,11 @@ def coco_map(coco: CocoDetection, preds: dict[int, Detections], gt: COCO | None 
         ev.evaluate()
         ev.accumulate()
         ev.summarize()
-    return {"map": float(max(ev.stats[0], 0.0)), "map50": float(max(ev.stats[1], 0.0))}
+    prec = ev.eval["precision"][0, :, :, 0, -1]  # (R=101, K) at IoU .5, all areas, maxDets 100; -1 = no GT
+    valid = (prec > -1).any(0)
+    pr50 = prec[:, valid].clip(0).mean(1) if valid.any() else np.zeros(101)
+    return {"map": float(max(ev.stats[0], 0.0)), "map50": float(max(ev.stats[1], 0.0)),
+            "pr50": [round(float(v), 4) for v in pr50]}
 
 
 def pseudo_gt(coco: CocoDetection, reference: dict[int, Detections], min_score: float = 0.3) -> COCO:
@@ -166,6 +177,33 @@ class EvalSet:
     @classmethod
     def from_checkpoint(cls, ckpt: dict, split: str, limit: int | None = None) -> EvalSet:
         return cls(ckpt["kind"], load_dataset_config(ckpt["config"]["data"]), split, limit)
+
+    @classmethod
+    def unlabeled(cls, kind: str, images: Sequence[Path], work_dir: Path, class_names: Sequence[str],
+                  thin_classes: Sequence[str] = ()) -> EvalSet:
+        """Frames without labels (e.g. device captures): only agreement scoring (`reference=`) applies.
+
+        For the detector a COCO file with the images and the dataset's categories, and no annotations, is
+        written to work_dir, so the same pycocotools path scores agreement.
+        """
+        ev = cls.__new__(cls)
+        ev.kind, ev.limit, ev.is_train, ev.images = kind, None, False, [Path(p) for p in images]
+        if kind == "detector":
+            root = Path(os.path.commonpath([str(p.parent) for p in ev.images]))
+            cats = [{"id": i + 1, "name": n} for i, n in enumerate(class_names)]
+            entries = []
+            for i, p in enumerate(ev.images):
+                h, w = read_image(p).shape[:2]
+                entries.append({"id": i + 1, "file_name": str(p.relative_to(root)), "height": h, "width": w})
+            work_dir.mkdir(parents=True, exist_ok=True)
+            ann = work_dir / "unlabeled.json"
+            ann.write_text(json.dumps({"images": entries, "categories": cats, "annotations": []}))
+            ev.coco = CocoDetection(root, ann)
+        else:
+            ev.seg = SimpleNamespace(classes=list(class_names), thin_classes=list(thin_classes))
+            ev.pairs = [(p, None) for p in ev.images]
+            ev.truths = None
+        return ev
 
     def __len__(self) -> int:
         return len(self.images)

@@ -51,7 +51,9 @@ def _positive_copy(model: Detector) -> Detector:
 def receptive_fields(model: Detector, size: int = 1024) -> list[dict]:
     """Per level: stride and receptive field (px) of the classification output at the map's centre."""
     m = _positive_copy(model)
-    x = torch.ones(1, 3, size, size, requires_grad=True)  # positive everywhere: ReLU/hard-swish pass gradients
+    stem = next(mod for mod in m.backbone.modules() if isinstance(mod, nn.Conv2d))
+    # positive everywhere so ReLU/hard-swish pass gradients; as many channels as the stem takes (3, or 4)
+    x = torch.ones(1, stem.in_channels, size, size, requires_grad=True)
     feats = m.fpn(m.backbone(x))
     out = []
     for f, s in zip(feats, m.strides, strict=True):

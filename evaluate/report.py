@@ -1,4 +1,4 @@
-"""runs/<name>/report.json and report.md: bench results plus, once the gate ran, its verdict."""
+"""runs/<name>/bench/report.json and report.md: bench results, plots and, once the gate ran, its verdict."""
 
 from __future__ import annotations
 
@@ -24,35 +24,57 @@ def render_markdown(report: dict) -> str:
     for kind, metrics in METRICS.items():
         if kind not in report:
             continue
-        variants = {k: v for k, v in report[kind].items() if k != "note"}
+        variants = {k: v for k, v in report[kind].items() if isinstance(v, dict) and "latency_ms" in v}
         threads = sorted({t for v in variants.values() for t in v.get("latency_ms", {})}, key=lambda t: int(t[:-1]))
-        head = ["variant", *metrics, *[f"p50 ms {t}" for t in threads], *[f"p90 ms {t}" for t in threads],
-                "size MB", "speedup 1t", "agreement"]
+        head = ["variant", *metrics, *[f"p50 ms {t}" for t in threads], *[f"p99 ms {t}" for t in threads],
+                f"fps {threads[-1]}", "peak MB", "size MB", "size vs fp32", *[f"speed-up {t}" for t in threads],
+                "agreement"]
         lines += [f"## {kind}", "", "| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
         for name, v in variants.items():
             lat = v.get("latency_ms", {})
             row = [name, *[_fmt(v.get(k)) for k in metrics],
                    *[_fmt(lat.get(t, {}).get("p50"), 2) for t in threads],
-                   *[_fmt(lat.get(t, {}).get("p90"), 2) for t in threads],
-                   _fmt(v.get("size_mb"), 2), _fmt(v.get("speedup_1t"), 2), _fmt(v.get("agreement"))]
+                   *[_fmt(lat.get(t, {}).get("p99"), 2) for t in threads],
+                   _fmt(lat.get(threads[-1], {}).get("fps"), 0), _fmt(v.get("peak_memory_mb"), 1),
+                   _fmt(v.get("size_mb"), 2), _fmt(v.get("size_ratio"), 2),
+                   *[_fmt(v.get(f"speedup_{t}"), 2) for t in threads], _fmt(v.get("agreement"))]
             lines.append("| " + " | ".join(row) + " |")
         lines.append("")
+        for name, v in report[kind].items():
+            if isinstance(v, dict) and "skipped" in v:
+                lines += [f"{name}: not measured ({v['skipped']}).", ""]
         if "note" in report[kind]:
             lines += [f"Note: {report[kind]['note']['split']}.", ""]
+    for plot in report.get("plots", []):
+        lines += [f"![{plot}]({plot})", ""]
     gate = report.get("gate")
     if gate:
+        mode = "labels" if gate.get("labels", True) else "no labels: agreement with fp32 on reference inputs"
         lines += [f"## gate: {gate['verdict'].upper()}", "",
+                  f"Scored with {mode}; deployed preprocessing: `{gate.get('deployed_preprocess')}`.", "",
                   "| model | metric | ref fp32 | ref int8 | deployed fp32 | deployed int8 | quantization | "
-                  "preprocessing | interaction |", "|---|---|---|---|---|---|---|---|---|"]
+                  "preprocessing | interaction | blame |", "|---|---|---|---|---|---|---|---|---|---|"]
         for kind, g in gate["models"].items():
             c, d = g["cells"], g["deltas"]
             lines.append(f"| {kind} | {g['metric']} | {_fmt(c['reference/fp32'])} | {_fmt(c['reference/int8'])} | "
                          f"{_fmt(c['deployed/fp32'])} | {_fmt(c['deployed/int8'])} | {_fmt(d['quantization'])} | "
-                         f"{_fmt(d['preprocessing'])} | {_fmt(d['interaction'])} |")
+                         f"{_fmt(d['preprocessing'])} | {_fmt(d['interaction'])} | {g.get('blame', '-')} |")
+        lines.append("")
+        for kind, g in gate["models"].items():
+            ev = g.get("evidence")
+            if not ev:
+                continue
+            it = ev["input_tensor"]
+            lines.append(f"- {kind}: input tensors reference vs deployed: max |diff| {it['max_abs']}, min PSNR "
+                         f"{_fmt(it['min_psnr'], 1)} dB (`{Path(it['worst_image']).name}`); INT8 output SQNR "
+                         + ", ".join(f"{k} {_fmt(v, 1)} dB" for k, v in ev["output_sqnr_db"].items())
+                         + "; lowest-SQNR activations: "
+                         + ", ".join(f"`{r['tensor']}` {_fmt(r['qdq_sqnr'], 1)} dB" for r in ev["worst_layers"][:3])
+                         + f"; worst images in `gate/worst/{kind}/`")
         lines += ["", "| check | value | limit | result |", "|---|---|---|---|"]
         for ch in gate["checks"]:
-            lines.append(f"| {ch['name']} | {_fmt(ch['value'])} | {_fmt(ch['limit'])} | "
-                         f"{'pass' if ch['passed'] else 'FAIL'} |")
+            state = "skipped" if ch.get("skipped") else ("pass" if ch["passed"] else "FAIL")
+            lines.append(f"| {ch['name']} | {_fmt(ch['value'])} | {_fmt(ch['limit'])} | {state} |")
         lines.append("")
     return "\n".join(lines)
 
@@ -64,8 +86,9 @@ def _write(path: Path, text: str) -> None:
 
 
 def write_report(run: str | Path, update: dict) -> dict:
-    """Merge `update` into run/report.json (bench and gate each own their keys) and re-render report.md."""
-    run = Path(run)
+    """Merge `update` into run/bench/report.json (bench and gate own their keys); re-render report.md."""
+    run = Path(run) / "bench"
+    run.mkdir(parents=True, exist_ok=True)
     path = run / "report.json"
     report = json.loads(path.read_text()) if path.is_file() else {}
     report.update(update)

@@ -1,7 +1,9 @@
 """python -m export --run runs/demo [--checkpoint best|last]
 
-For each model trained in the run: ONNX fp32 (contract in metadata, torch parity checked on two inputs)
-and static INT8 QDQ calibrated on training images. Writes runs/<name>/export/ and its manifest.json.
+For each model trained in the run: ONNX fp32 (contract in metadata, torch parity checked on two inputs),
+static INT8 QDQ calibrated on training images for ONNX Runtime CPUs (`<model>.int8.onnx`) and for
+TensorRT (`<model>.int8-trt.onnx`, symmetric), and .ort files for phones. Writes runs/<name>/export/ and
+its manifest.json.
 """
 
 from __future__ import annotations
@@ -24,7 +26,7 @@ from evaluate.metrics import EvalSet
 from export.check_trt import check_model
 from export.onnx_export import contract_from_checkpoint, export_onnx, parity
 from export.ort_mobile import convert_to_ort, required_ops
-from export.quantize import file_mb, quantize_int8, sample_paths
+from export.quantize import INT8_FILES, file_mb, quantize_int8, sample_paths
 from export.sensitivity import sensitivity, to_markdown
 from train.checkpoint import CheckpointError, load_checkpoint, model_from_checkpoint
 from train.config import ExportConfig
@@ -62,14 +64,14 @@ def export_settings(ckpt: dict) -> ExportConfig:
 
 
 def quantize_within_budget(ckpt: dict, fp32: Path, int8: Path, contract, calib: list[Path],
-                           method: str) -> tuple[list[str], dict]:
+                           method: str, target: str) -> tuple[list[str], dict]:
     """Quantize; while the val accuracy drop exceeds the budget, keep the most sensitive convs in float.
 
-    Starts from the output convs (always float) and adds, per round, the two Conv nodes fed by the
-    tensors with the lowest own-Q/DQ SQNR. Writes <kind>.int8.sensitivity.md beside the model.
+    Starts from quantize_int8's default exclusions for the target and adds, per round, the two Conv nodes
+    fed by the tensors with the lowest own-Q/DQ SQNR. Writes <int8 file>.sensitivity.md beside the model.
     """
     ex = export_settings(ckpt)
-    kept = quantize_int8(fp32, int8, contract, calib, method)
+    kept = quantize_int8(fp32, int8, contract, calib, method, target=target)
     ev = EvalSet.from_checkpoint(ckpt, "val")
     metric = BEST_METRIC[ckpt["kind"]]
     prep = lambda img: preprocess(img, contract.preprocess)  # noqa: E731
@@ -87,14 +89,14 @@ def quantize_within_budget(ckpt: dict, fp32: Path, int8: Path, contract, calib: 
         if not more:
             break
         rounds += 1
-        print(f"  int8 {metric} {got:.4f} vs fp32 {ref:.4f}: keeping {more} in float", flush=True)
-        kept = quantize_int8(fp32, int8, contract, calib, method, exclude=kept + more)
+        print(f"  int8 ({target}) {metric} {got:.4f} vs fp32 {ref:.4f}: keeping {more} in float", flush=True)
+        kept = quantize_int8(fp32, int8, contract, calib, method, exclude=kept + more, target=target)
     if best[1] != kept:  # a float exclusion can also lower accuracy: ship the best set that was tried
         got, kept = best
-        print(f"  int8: keeping the best tried ({metric} {got:.4f}, {len(kept)} float convs)", flush=True)
-        kept = quantize_int8(fp32, int8, contract, calib, method, exclude=kept)
-    (int8.parent / f"{ckpt['kind']}.int8.sensitivity.md").write_text(
-        f"# {ckpt['kind']} INT8 sensitivity (qdq_loss_debug, {ex.sensitivity_images} images)\n\n"
+        print(f"  int8 ({target}): keeping the best tried ({metric} {got:.4f}, {len(kept)} float convs)", flush=True)
+        kept = quantize_int8(fp32, int8, contract, calib, method, exclude=kept, target=target)
+    (int8.parent / f"{int8.name.removesuffix('.onnx')}.sensitivity.md").write_text(
+        f"# {int8.name} INT8 sensitivity (qdq_loss_debug, {ex.sensitivity_images} images)\n\n"
         f"val {metric}: fp32 {ref:.4f}, int8 {got:.4f} (drop {ref - got:+.4f}, budget {ex.int8_max_drop}), "
         f"{rounds} exclusion round(s); float convs: {', '.join(kept)}\n\n" + to_markdown(rows))
     return kept, {"metric": metric, "fp32": ref, "int8": got, "drop": ref - got, "rounds": rounds}
@@ -131,21 +133,26 @@ def export_one(kind: str, ckpt_path: Path, out_dir: Path, calib_images: int | No
     n = calib_images or ex.calib_images
     calib = sample_paths(images, n)
     method = ex.calib_method
-    int8 = out_dir / f"{kind}.int8.onnx"
-    kept, acc = quantize_within_budget(ckpt, fp32, int8, contract, calib, method)
-    trt_issues = [str(f) for f in check_model(onnx.load(int8))]
-    print(f"{kind}: fp32 {file_mb(fp32):.2f} MB (parity {err:.1e}), int8 {file_mb(int8):.2f} MB "
-          f"({len(calib)} calibration images, {method}, float: {kept}), TensorRT lint: "
-          f"{'clean' if not trt_issues else f'{len(trt_issues)} issue(s), see manifest.json'}", flush=True)
     common = {"model": kind, "config_hash": contract.config_hash, "checkpoint": str(ckpt_path)}
-    return [
-        {**common, "file": fp32.name, "precision": "fp32", "target": "onnxruntime-cpu",
-         "size_bytes": fp32.stat().st_size, "sha256": sha256(fp32), "parity_max_rel_err": err},
-        {**common, "file": int8.name, "precision": "int8", "target": "onnxruntime-cpu,tensorrt-qdq",
-         "size_bytes": int8.stat().st_size, "sha256": sha256(int8), "calibration_images": len(calib),
-         "calibration_method": method, "float_nodes": kept, "tensorrt_lint": trt_issues, "val_accuracy": acc,
-         "sensitivity": f"{kind}.int8.sensitivity.md"},
-    ]
+    entries = [{**common, "file": fp32.name, "precision": "fp32", "target": "onnxruntime-cpu,tensorrt-fp16",
+                "size_bytes": fp32.stat().st_size, "sha256": sha256(fp32), "parity_max_rel_err": err}]
+    report = [f"{kind}: fp32 {file_mb(fp32):.2f} MB (parity {err:.1e})"]
+    for target, manifest_target in (("cpu", "onnxruntime-cpu"), ("tensorrt", "tensorrt-qdq")):
+        int8 = out_dir / INT8_FILES[target].format(kind=kind)
+        kept, acc = quantize_within_budget(ckpt, fp32, int8, contract, calib, method, target)
+        entry = {**common, "file": int8.name, "precision": "int8", "target": manifest_target,
+                 "size_bytes": int8.stat().st_size, "sha256": sha256(int8), "calibration_images": len(calib),
+                 "calibration_method": method, "float_nodes": kept, "val_accuracy": acc,
+                 "sensitivity": f"{int8.name.removesuffix('.onnx')}.sensitivity.md"}
+        note = ""
+        if target == "tensorrt":
+            entry["tensorrt_lint"] = [str(f) for f in check_model(onnx.load(int8))]
+            note = f", TensorRT lint: {'clean' if not entry['tensorrt_lint'] else 'see manifest.json'}"
+        entries.append(entry)
+        report.append(f"{int8.name} {file_mb(int8):.2f} MB ({entry['size_bytes'] / fp32.stat().st_size:.0%}, "
+                      f"{acc['metric']} {acc['fp32']:.4f} -> {acc['int8']:.4f}{note})")
+    print("; ".join(report) + f" [{len(calib)} calibration images, {method}]", flush=True)
+    return entries
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -161,9 +168,9 @@ def main(argv: list[str] | None = None) -> int:
                 entries += export_one(kind, ckpt_path, out_dir, args.calib_images, args.dynamic_batch)
         if not entries:
             raise CheckpointError(f"{run}: no detector/ or segmenter/ checkpoint; run `make train` first")
-        onnx_files = [out_dir / e["file"] for e in entries]
-        ort_files, ops_config = convert_to_ort(onnx_files, out_dir / "mobile")
-        for src, ort_file in zip(list(entries), ort_files, strict=True):
+        phone = [e for e in entries if "onnxruntime-cpu" in e["target"]]  # the TensorRT file is not for phones
+        ort_files, ops_config = convert_to_ort([out_dir / e["file"] for e in phone], out_dir / "mobile")
+        for src, ort_file in zip(phone, ort_files, strict=True):
             entries.append({**{k: src[k] for k in ("model", "config_hash", "precision")},
                             "file": f"mobile/{ort_file.name}", "target": "onnxruntime-mobile",
                             "size_bytes": ort_file.stat().st_size, "sha256": sha256(ort_file)})

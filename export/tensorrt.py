@@ -13,7 +13,7 @@ from pathlib import Path
 
 from deploy.trt_engine import TensorRTUnavailable, cached_engine, device_info, engine_path, trtexec_command
 
-SOURCES = {"int8": "{kind}.int8.onnx", "fp16": "{kind}.onnx", "fp32": "{kind}.onnx"}
+SOURCES = {"int8": "{kind}.int8-trt.onnx", "fp16": "{kind}.onnx", "fp32": "{kind}.onnx"}
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -49,7 +49,7 @@ def main(argv: list[str] | None = None) -> int:
             best = fit(kind, task, cfg, out / kind, resume=resume)
             if not distributed.is_main():
                 continue
-            summary[kind] = {k: v for k, v in best.items() if not isinstance(v, dict)}
+            summary[kind] = {k: v for k, v in best.items() if isinstance(v, int | float)}
             print(f"{kind}: best val " + ", ".join(f"{k} {v:.4f}" for k, v in summary[kind].items()), flush=True)
         if distributed.is_main():
             if not summary:

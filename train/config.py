@@ -92,7 +92,7 @@ class TaskConfig:
 @dataclass
 class ExportConfig:
     calib_images: int = 200  # training images for INT8 calibration
-    calib_method: str = "minmax"  # minmax | entropy | percentile
+    calib_method: str = "percentile"  # minmax | entropy | percentile
     opset: int = 18  # the dynamo exporter's lowest; TensorRT 10 and ORT 1.17+ take it
     int8_max_drop: float = 0.005  # val accuracy budget (map / thin_iou units); over it, sensitive convs go float
     int8_max_rounds: int = 4  # exclusion rounds (2 convs each) before giving up and reporting the drop

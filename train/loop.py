@@ -201,7 +201,7 @@ def fit(kind: str, task: TaskConfig, cfg: ExperimentConfig, out_dir: Path, val_s
             metrics = evaluate(final.cpu(), val, spec, post)
             final.to(device)
             row = {"epoch": epoch, "lr": optimizer.param_groups[0]["lr"], **losses,
-                   **{k: v for k, v in metrics.items() if not isinstance(v, dict)}, "seconds": time.time() - t0}
+                   **{k: v for k, v in metrics.items() if not isinstance(v, dict | list)}, "seconds": time.time() - t0}
             rows.append(row)
             print("  " + "  ".join(f"{k} {v:.4g}" if isinstance(v, float) else f"{k} {v}" for k, v in row.items()),
                   flush=True)

@@ -35,15 +35,20 @@ def test_seg_meter_on_a_hand_made_thin_line():
     assert meter.compute()["thin_iou"] == 1.0
 
 
-def test_gate_blames_the_stage_over_its_limit():
-    from evaluate.gate import blame
+def test_gate_blames_the_stage_whose_checks_fail():
+    from evaluate.gate import blame, check
 
-    limits = {"max_quantization_drop": 0.02, "max_preprocessing_drop": 0.005}
-    d = lambda q, p: {"deltas": {"quantization": q, "preprocessing": p, "interaction": 0.0}}  # noqa: E731
-    assert blame(d(0.05, 0.0), limits) == "quantization"
-    assert blame(d(0.0, 0.01), limits) == "preprocessing"
-    assert blame(d(0.05, 0.01), limits) == "quantization + preprocessing"
-    assert blame(d(0.01, -0.002), limits) == "none"
+    def result(q, p, psnr):
+        return {"checks": [check("m", "quantization drop", q, 0.02, "max", "quantization"),
+                           check("m", "preprocessing drop", p, 0.005, "max", "preprocessing"),
+                           check("m", "input PSNR", psnr, 40, "min", "preprocessing"),
+                           check("m", "size", 99.0, 10, "max")]}  # a failing check with no stage blames none
+
+    assert blame(result(0.05, 0.0, 99)) == "quantization"
+    assert blame(result(0.0, 0.01, 99)) == "preprocessing"
+    assert blame(result(0.0, 0.0, 31.5)) == "preprocessing"  # tensors differ even where accuracy did not move
+    assert blame(result(0.05, 0.01, 99)) == "quantization + preprocessing"
+    assert blame(result(0.01, -0.002, 99)) == "none"
 
 
 def test_agreement_scores_predictions_against_reference_predictions(tiny_data):

@@ -18,8 +18,9 @@ def swap_channels(img, spec):
 
 def _gate_config(tmp_path):
     # loose accuracy limits: a one-epoch model is not a release candidate; attribution is what is tested
-    cfg = {k: {"max_quantization_drop": 1.0, "max_preprocessing_drop": 0.0, "latency_ms": {"cpu-1thread": 5000},
-               "max_size_mb": 50} for k in ("detector", "segmenter")}
+    cfg = {k: {"max_quantization_drop": 1.0, "max_preprocessing_drop": 0.0, "min_input_psnr": 40,
+               "latency_ms": {"cpu-1thread": 5000, "jetson-orin": 10}, "max_size_mb": 50}
+           for k in ("detector", "segmenter")}
     cfg["detector"]["metric"] = "map50"
     cfg["segmenter"]["metric"] = "miou"
     path = tmp_path / "gate.yaml"
@@ -29,13 +30,23 @@ def _gate_config(tmp_path):
 
 def test_bench_writes_report_keys(tiny_run):
     assert bench_main(["--run", str(tiny_run), "--repeats", "3", "--warmup", "1"]) == 0
-    report = json.loads((tiny_run / "report.json").read_text())
-    for key in ("detector.fp32.map50", "detector.int8.map50", "detector.torch.map",
+    bench = tiny_run / "bench"
+    report = json.loads((bench / "report.json").read_text())
+    for key in ("detector.fp32.map50", "detector.int8.map50", "detector.torch.map", "detector.int8-trt.map",
                 "segmenter.fp32.thin_iou", "segmenter.int8.miou", "detector.int8.speedup_1t",
-                "detector.int8.agreement", "segmenter.int8.agreement"):
+                "detector.int8.agreement", "segmenter.int8.agreement", "detector.int8.size_ratio"):
         kind, variant, metric = key.split(".")
         assert isinstance(report[kind][variant][metric], float), key
-    assert "| int8 |" in (tiny_run / "report.md").read_text()
+    for kind in ("detector", "segmenter"):
+        for variant in ("fp32", "int8", "int8-trt", "fp32.ort", "int8.ort"):
+            lat = report[kind][variant]["latency_ms"]["1t"]
+            assert lat["p50"] <= lat["p99"] and lat["fps"] > 0, (kind, variant)
+        assert "skipped" in report[kind]["tensorrt"]  # no TensorRT here, and the report says so
+    assert len(report["detector"]["fp32"]["pr50"]) == 101
+    for plot in ("detector_pareto.png", "segmenter_pareto.png", "detector_pr.png"):
+        assert (bench / plot).read_bytes()[:4] == b"\x89PNG", plot
+    md = (bench / "report.md").read_text()
+    assert "| int8 |" in md and "![detector_pr.png](detector_pr.png)" in md
 
 
 def test_gate_passes_clean_pipeline_and_blames_preprocessing_fault(tiny_run, tmp_path):
@@ -43,18 +54,66 @@ def test_gate_passes_clean_pipeline_and_blames_preprocessing_fault(tiny_run, tmp
     assert gate_main(["--run", str(tiny_run), "--config", str(cfg)]) == 0
     clean = json.loads((tiny_run / "gate" / "gate.json").read_text())
     for g in clean["models"].values():
-        assert g["deltas"]["preprocessing"] == 0.0 and g["input_tensor"]["max_abs"] == 0
+        assert g["deltas"]["preprocessing"] == 0.0 and g["evidence"]["input_tensor"]["max_abs"] == 0
+        assert g["evidence"]["worst_layers"]
+        assert set(g["evidence"]["output_sqnr_db"]) <= {"cls_logits", "boxes", "logits"}
+    junit = (tiny_run / "gate" / "gate.junit.xml").read_text()
+    assert junit.count("<testcase") == len(clean["checks"]) and "<skipped" in junit  # jetson-orin: no device here
+    assert "<failure" not in junit
     rc = gate_main(["--run", str(tiny_run), "--config", str(cfg),
                     "--deployed-preprocess", "tests.evaluate.test_pipeline:swap_channels"])
     faulty = json.loads((tiny_run / "gate" / "gate.json").read_text())
     seg = faulty["models"]["segmenter"]
-    assert seg["input_tensor"]["max_abs"] > 0  # the tensor-level evidence always sees it
-    assert seg["input_tensor"]["min_psnr"] is not None and seg["input_tensor"]["min_psnr"] < 40
+    assert seg["evidence"]["input_tensor"]["max_abs"] > 0  # the tensor-level evidence always sees it
+    assert seg["evidence"]["input_tensor"]["min_psnr"] < 40
     c = seg["cells"]
     assert seg["deltas"]["preprocessing"] == c["reference/fp32"] - c["deployed/fp32"]
     assert c["reference/fp32"] == clean["models"]["segmenter"]["cells"]["reference/fp32"]  # reference untouched
-    if seg["deltas"]["preprocessing"] > 0:
-        assert rc == 1 and "preprocessing" in seg["blame"] and faulty["verdict"] == "fail"
+    assert rc == 1 and seg["blame"] == "preprocessing" and faulty["verdict"] == "fail"
+    assert "<failure" in (tiny_run / "gate" / "gate.junit.xml").read_text()
+
+
+def test_gate_without_labels_and_from_device_captures(tiny_run, tiny_data, tmp_path):
+    from deploy.capture import save_capture
+    from deploy.preprocess import read_image
+    from deploy.runtime import OrtModel
+
+    cfg = _gate_config(tmp_path)
+    assert gate_main(["--run", str(tiny_run), "--config", str(cfg), "--no-labels"]) == 0
+    g = json.loads((tiny_run / "gate" / "gate.json").read_text())
+    assert g["labels"] is False
+    seg = g["models"]["segmenter"]
+    assert seg["cells"]["reference/fp32"] == 1.0 and seg["cells"]["deployed/fp32"] == 1.0  # pseudo-GT is fp32
+    # frames "captured on a device": the runtime's own tensors, then channel-swapped ones
+    images = sorted((tiny_data.parent / "data" / "images" / "val").glob("*.jpg"))
+    for kind in ("detector", "segmenter"):
+        spec = OrtModel(tiny_run / "export" / f"{kind}.onnx").contract.preprocess
+        for i, p in enumerate(images[:4]):
+            img = read_image(p)
+            save_capture(tmp_path / "cap" / kind, f"{i:04d}", img, *preprocess(img, spec))
+            save_capture(tmp_path / "bad" / kind, f"{i:04d}", img, *swap_channels(img, spec))
+    assert gate_main(["--run", str(tiny_run), "--config", str(cfg), "--capture", str(tmp_path / "cap")]) == 0
+    assert gate_main(["--run", str(tiny_run), "--config", str(cfg), "--capture", str(tmp_path / "bad")]) == 1
+    bad = json.loads((tiny_run / "gate" / "gate.json").read_text())
+    assert all(m["blame"] == "preprocessing" for m in bad["models"].values()) and bad["labels"] is False
+
+
+def test_gate_baseline_regression_and_update(tiny_run, tmp_path):
+    import yaml
+
+    cfg = yaml.safe_load(_gate_config(tmp_path).read_text())
+    cfg["baseline"] = str(tmp_path / "baseline.json")
+    path = tmp_path / "gate.yaml"
+    path.write_text(yaml.safe_dump(cfg))
+    assert gate_main(["--run", str(tiny_run), "--config", str(path), "--update-baseline"]) == 0
+    base = json.loads((tmp_path / "baseline.json").read_text())
+    assert gate_main(["--run", str(tiny_run), "--config", str(path)]) == 0  # same figures: no regression
+    base["detector"]["accuracy"] += 0.5  # a baseline this run falls far short of
+    base["detector"]["size_mb"] /= 2
+    (tmp_path / "baseline.json").write_text(json.dumps(base))
+    assert gate_main(["--run", str(tiny_run), "--config", str(path)]) == 1
+    failed = {c["name"] for c in json.loads((tiny_run / "gate" / "gate.json").read_text())["checks"] if not c["passed"]}
+    assert any("baseline map50" in n for n in failed) and "detector: baseline size MB" in failed
 
 
 def test_gate_exit_code_two_when_it_cannot_run(tmp_path):

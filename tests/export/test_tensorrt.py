@@ -32,7 +32,7 @@ def test_builds_int8_and_fp16_engines_and_reuses_the_cache(tiny_run, tmp_path):
 
     from deploy.trt_engine import cached_engine
 
-    for precision, name in (("int8", "detector.int8.onnx"), ("fp16", "detector.onnx")):
+    for precision, name in (("int8", "detector.int8-trt.onnx"), ("fp16", "detector.onnx")):
         path, built = cached_engine(tiny_run / "export" / name, precision, tmp_path)
         assert built and path.stat().st_size > 0
         assert cached_engine(tiny_run / "export" / name, precision, tmp_path) == (path, False)

@@ -75,6 +75,24 @@ def test_minimal_backbone_is_relu_without_squeeze_excitation():
     assert torch.nn.Hardswish in {type(mod) for mod in Detector(num_classes=2, channels=16).modules()}
 
 
+def test_minimal_variant_is_laid_out_for_fast_int8_kernels():
+    m = Detector(num_classes=2, backbone="mobilenet_v3_small_minimal", channels=16, head_convs=1)
+    depthwise = [c for c in m.backbone.modules() if isinstance(c, torch.nn.Conv2d) and c.groups > 1]
+    assert depthwise and all(c.groups % 16 == 0 for c in depthwise)  # ORT's int8 depthwise kernel
+    stem = m.backbone.stages[0][0][0]
+    assert stem.in_channels == 4 and not stem.weight[:, 3].any()  # the zero padding channel has no weight
+    x = torch.randint(0, 256, (1, 3, 64, 64), dtype=torch.uint8)
+    unit = m.normalize(x)
+    assert unit.shape == (1, 4, 64, 64) and torch.equal((unit[:, :3] * 255).round(), x.float()) and not unit[:, 3].any()
+
+
+def test_softplus_matches_torch():
+    from train.models import softplus
+
+    x = torch.linspace(-60, 60, 2001)
+    torch.testing.assert_close(softplus(x), torch.nn.functional.softplus(x), rtol=1e-6, atol=1e-6)
+
+
 def test_backbone_weights_load_from_a_local_torchvision_checkpoint(tmp_path):
     from torchvision.models import mobilenet_v3_small
 

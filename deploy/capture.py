@@ -1,0 +1,91 @@
+"""Device captures: the raw frame and the exact input tensor the device fed its model, for the gate.
+
+A capture folder holds, per sampled frame, `<id>.png` (the decoded BGR frame, lossless) and `<id>.npz`
+with `tensor` ((3, H, W) uint8, what the runtime's preprocessing produced) and `letterbox` (the
+Letterbox fields in declaration order). `python -m evaluate.gate --capture DIR` compares those tensors
+with the reference preprocessing of the same frames, without labels. numpy + OpenCV only.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+from pathlib import Path
+
+import cv2
+import numpy as np
+
+from deploy.preprocess import ImageReadError, Letterbox, read_image
+
+LETTERBOX_FIELDS = [f.name for f in dataclasses.fields(Letterbox)]
+
+
+class CaptureError(ValueError):
+    """A capture folder or file that cannot be used; the message names the file and the fix."""
+
+
+def save_capture(folder: str | Path, frame_id: str, frame: np.ndarray, tensor: np.ndarray, lb: Letterbox) -> None:
+    """Write <id>.png and <id>.npz; each lands complete or not at all (temp file + rename)."""
+    folder = Path(folder)
+    folder.mkdir(parents=True, exist_ok=True)
+    ok, png = cv2.imencode(".png", frame)
+    if not ok:
+        raise CaptureError(f"{folder / frame_id}.png: OpenCV could not encode the frame")
+    tmp = folder / f".{frame_id}.png.tmp"
+    tmp.write_bytes(png.tobytes())
+    os.replace(tmp, folder / f"{frame_id}.png")
+    tmp = folder / f".{frame_id}.npz.tmp"
+    with open(tmp, "wb") as f:
+        np.savez(f, tensor=np.ascontiguousarray(tensor), letterbox=np.array(
+            [getattr(lb, k) for k in LETTERBOX_FIELDS], dtype=np.float64))
+    os.replace(tmp, folder / f"{frame_id}.npz")
+
+
+def load_capture(npz_path: str | Path) -> tuple[np.ndarray, Letterbox]:
+    """-> ((3, H, W) uint8 tensor, Letterbox) from one <id>.npz."""
+    try:
+        with np.load(npz_path) as z:
+            tensor, raw = z["tensor"], z["letterbox"]
+    except (OSError, ValueError, KeyError) as e:
+        raise CaptureError(f"{npz_path}: not a capture file ({type(e).__name__}); re-capture with "
+                           "`python -m deploy run --capture DIR`") from None
+    if tensor.ndim == 4:
+        tensor = tensor[0]
+    if tensor.dtype != np.uint8 or tensor.ndim != 3 or len(raw) != len(LETTERBOX_FIELDS):
+        raise CaptureError(f"{npz_path}: tensor {tensor.dtype} {tensor.shape}, expected (3, H, W) uint8 and "
+                           f"{len(LETTERBOX_FIELDS)} letterbox fields")
+    vals = {k: (float(v) if k.startswith("scale") else int(v)) for k, v in zip(LETTERBOX_FIELDS, raw, strict=True)}
+    return tensor, Letterbox(**vals)
+
+
+def capture_frames(folder: str | Path) -> list[Path]:
+    """The frames of a capture folder that have their tensor beside them, sorted by id."""
+    folder = Path(folder)
+    if not folder.is_dir():
+        raise CaptureError(f"{folder}: no such capture folder")
+    frames = [p for p in sorted(folder.glob("*.png")) if p.with_suffix(".npz").is_file()]
+    if not frames:
+        raise CaptureError(f"{folder}: no <id>.png + <id>.npz pairs; capture with `python -m deploy run --capture`")
+    return frames
+
+
+def captured_preprocess(frames: list[Path]):
+    """A preprocess function for the gate's deployed cells: frame -> the tensor the device captured for it.
+
+    Frames are matched by content (the gate reads the same PNG files), so the function needs no ids.
+    """
+    table = {}
+    for p in frames:
+        try:
+            key = read_image(p).tobytes()
+        except ImageReadError as e:
+            raise CaptureError(str(e)) from None
+        table[hash(key)] = p.with_suffix(".npz")
+
+    def fn(img: np.ndarray, spec=None) -> tuple[np.ndarray, Letterbox]:
+        npz = table.get(hash(img.tobytes()))
+        if npz is None:
+            raise CaptureError("a frame has no captured tensor; the capture folder changed during the gate")
+        return load_capture(npz)
+
+    return fn

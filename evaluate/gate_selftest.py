@@ -1,0 +1,182 @@
+"""python -m evaluate.gate_selftest [--out runs/gate-selftest] [--runs 1]
+
+Proves the gate blames the right stage. Trains a small detector and segmenter on generated data, exports
+them, then runs the gate on the clean pipeline and on injected faults:
+  preprocessing: RGB/BGR swap; C-style integer scale in the letterbox (a downscale becomes 1:1 and the
+                 frame is cropped); nearest instead of bilinear resizing; letterbox padding at the
+                 top-left instead of centred (the device still reports a centred letterbox);
+  quantization:  INT8 calibrated on blank (white) frames; a detection head quantized with nothing excluded:
+                 output convolutions and the box decode in INT8, the class logits on the box coordinates'
+                 8-bit scale (what a fused box+score output tensor gets: the classic all-zero-confidence
+                 collapse; our separate logits/boxes outputs and float decode are what avoid it).
+The clean pipeline must pass and each fault must be blamed on exactly its stage, for each model it applies
+to, with the same verdicts on every run. Exit code 0 when all hold, 1 otherwise.
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import json
+import shutil
+import sys
+from pathlib import Path
+
+import cv2
+import numpy as np
+
+from deploy.preprocess import Letterbox, PreprocessSpec, compute_letterbox, preprocess, read_image
+from deploy.runtime import OrtModel
+
+SCENARIOS = {  # name -> (stage the gate must blame, models it applies to)
+    "clean": ("none", ("detector", "segmenter")),
+    "rgb_bgr_swap": ("preprocessing", ("detector", "segmenter")),
+    "integer_scale": ("preprocessing", ("detector", "segmenter")),
+    "nearest_resize": ("preprocessing", ("detector", "segmenter")),
+    "top_left_padding": ("preprocessing", ("detector", "segmenter")),
+    "blank_calibration": ("quantization", ("detector", "segmenter")),
+    "nothing_excluded": ("quantization", ("detector",)),  # a detection-head fault
+}
+LIMITS = {"max_quantization_drop": 0.03, "max_preprocessing_drop": 0.005, "min_input_psnr": 40}
+
+
+def swap_channels(img: np.ndarray, spec: PreprocessSpec):
+    other = "BGR" if spec.channel_order == "RGB" else "RGB"
+    return preprocess(img, dataclasses.replace(spec, channel_order=other))
+
+
+def integer_scale(img: np.ndarray, spec: PreprocessSpec):
+    h, w = img.shape[:2]
+    H, W = spec.input_size
+    s = max(1, min(H // h, W // w))  # the bug: int / int
+    lb = compute_letterbox((h, w), spec)  # what the device believes it did
+    big = cv2.resize(img, (w * s, h * s)) if s > 1 else img
+    canvas = np.full((H, W, 3), spec.pad_value, np.uint8)
+    y0, x0 = max(0, (big.shape[0] - H) // 2), max(0, (big.shape[1] - W) // 2)
+    crop = big[y0 : y0 + H, x0 : x0 + W]
+    canvas[: crop.shape[0], : crop.shape[1]] = crop
+    if spec.channel_order == "RGB":
+        canvas = cv2.cvtColor(canvas, cv2.COLOR_BGR2RGB)
+    return np.ascontiguousarray(canvas.transpose(2, 0, 1)), lb
+
+
+def nearest_resize(img: np.ndarray, spec: PreprocessSpec):
+    return preprocess(img, dataclasses.replace(spec, interpolation="nearest"))
+
+
+def top_left_padding(img: np.ndarray, spec: PreprocessSpec):
+    t, lb = preprocess(img, spec)
+    inner = t[:, lb.pad_y : lb.pad_y + lb.new_h, lb.pad_x : lb.pad_x + lb.new_w]
+    out = np.full_like(t, spec.pad_value)
+    out[:, : lb.new_h, : lb.new_w] = inner
+    return out, Letterbox(**dataclasses.asdict(lb))  # still reports the centred placement
+
+
+PREPROCESS_FAULTS = {"rgb_bgr_swap": swap_channels, "integer_scale": integer_scale,
+                     "nearest_resize": nearest_resize, "top_left_padding": top_left_padding}
+
+
+def prepare(config: Path, out: Path, fresh: bool = False) -> Path:
+    """Data, training and export for the self-test config; reused by later runs unless `fresh`."""
+    from datasets.__main__ import main as datasets_main
+    from export.__main__ import main as export_main
+    from train.__main__ import main as train_main
+
+    run = out / "run"
+    if fresh:
+        shutil.rmtree(run, ignore_errors=True)
+    if (run / "export" / "manifest.json").is_file():
+        return run
+    steps = (lambda: datasets_main(["generate", "--config", str(config)]),
+             lambda: train_main(["--config", str(config), "--out", str(run)]),
+             lambda: export_main(["--run", str(run)]))
+    if any(step() != 0 for step in steps):
+        raise RuntimeError("gate self-test: data, training or export failed (see above)")
+    return run
+
+
+def fault_int8(run: Path, kind: str, scenario: str, work: Path) -> Path:
+    from export.onnx_export import contract_from_checkpoint
+    from export.quantize import quantize_int8
+    from train.checkpoint import load_checkpoint
+
+    ckpt = load_checkpoint(run / kind / "best.pt")
+    fp32 = run / "export" / f"{kind}.onnx"
+    out = work / f"{kind}.{scenario}.int8.onnx"
+    contract = contract_from_checkpoint(ckpt)
+    if scenario == "blank_calibration":  # white frames: every activation range comes from a flat image
+        blank = work / "blank.png"
+        cv2.imwrite(str(blank), np.full((240, 320, 3), 255, np.uint8))
+        quantize_int8(fp32, out, contract, [blank] * 8, "minmax", target="cpu")
+    else:  # nothing_excluded: output convs and the decode in int8, logits on the box coordinates' 8-bit scale
+        calib = _calib(ckpt)
+        box_max = max(float(OrtModel(fp32).infer(preprocess(read_image(p), contract.preprocess)[0][None])[1].max())
+                      for p in calib[:8])
+        shared = [{"scale": np.array(box_max / 255, np.float32), "zero_point": np.array(0, np.uint8)}]
+        quantize_int8(fp32, out, contract, calib, "minmax", exclude=[], target="cpu", float_decode=False,
+                      overrides={"cls_logits": shared, "boxes": shared})
+    return out
+
+
+def _calib(ckpt: dict) -> list[Path]:
+    from export.__main__ import training_images
+    from export.quantize import sample_paths
+
+    return sample_paths(training_images(ckpt), 64)
+
+
+def run_scenarios(run: Path, work: Path) -> dict:
+    from evaluate.gate import blame, gate_model
+
+    work.mkdir(parents=True, exist_ok=True)
+    verdicts = {}
+    for scenario, (expected, kinds) in SCENARIOS.items():
+        for kind in kinds:
+            fn = PREPROCESS_FAULTS.get(scenario)
+            int8 = fault_int8(run, kind, scenario, work) if expected == "quantization" else None
+            r = gate_model(kind, run, dict(LIMITS), deployed_fn=fn,
+                           int8_path=int8, evidence_dir=work / scenario)
+            got = blame(r)
+            verdicts[f"{scenario}/{kind}"] = {
+                "expected": expected, "blamed": got, "ok": got == expected,
+                "quantization": round(r["deltas"]["quantization"], 4),
+                "preprocessing": round(r["deltas"]["preprocessing"], 4),
+                "input_psnr": round(r["evidence"]["input_tensor"]["min_psnr"], 1)}
+            v = verdicts[f"{scenario}/{kind}"]
+            print(f"  {scenario:<18} {kind:<9} quant {v['quantization']:+.4f}  preproc {v['preprocessing']:+.4f}  "
+                  f"input PSNR {v['input_psnr']:5.1f} dB  blamed {got:<14} expected {expected:<14} "
+                  f"{'ok' if v['ok'] else 'WRONG'}", flush=True)
+    return verdicts
+
+
+def get_args_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="python -m evaluate.gate_selftest", description=__doc__,
+                                formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--config", default="configs/gate-selftest.yaml")
+    p.add_argument("--out", default="runs/gate-selftest")
+    p.add_argument("--runs", type=int, default=1, help="repeat the scenarios; verdicts must be identical")
+    p.add_argument("--fresh", action="store_true", help="retrain and re-export instead of reusing --out's models")
+    return p
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = get_args_parser().parse_args(argv)
+    out = Path(args.out)
+    run = prepare(Path(args.config), out, args.fresh)
+    results = []
+    for i in range(args.runs):
+        print(f"gate self-test, run {i + 1}/{args.runs}:", flush=True)
+        results.append(run_scenarios(run, out / "scenarios"))
+    blamed = [{k: v["blamed"] for k, v in r.items()} for r in results]
+    stable = all(b == blamed[0] for b in blamed)
+    ok = stable and all(v["ok"] for v in results[0].values())
+    (out / "selftest.json").write_text(json.dumps({"ok": ok, "stable": stable, "runs": results}, indent=2))
+    wrong = [k for k, v in results[0].items() if not v["ok"]]
+    detail = ("" if stable else ", verdicts differ between runs") + (": wrong " + ", ".join(wrong) if wrong else "")
+    print(f"gate self-test: {'PASS' if ok else 'FAIL'} ({len(results[0]) - len(wrong)}/{len(results[0])} "
+          f"verdicts right{detail})")
+    return 0 if ok else 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())

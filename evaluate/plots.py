@@ -1,0 +1,62 @@
+"""Bench plots: latency vs accuracy per model (Pareto front marked) and the detector's precision-recall curve."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import matplotlib
+
+matplotlib.use("Agg")  # files only; CI and devices have no display
+import matplotlib.pyplot as plt  # noqa: E402
+import numpy as np  # noqa: E402
+
+
+def pareto_front(points: list[tuple[float, float]]) -> list[int]:
+    """Indices of points not dominated by another (lower latency and higher accuracy are better)."""
+    front = []
+    for i, (lat, acc) in enumerate(points):
+        if not any((l2 <= lat and a2 >= acc) and (l2, a2) != (lat, acc) for l2, a2 in points):
+            front.append(i)
+    return front
+
+
+def plot_pareto(kind: str, variants: dict, metric: str, threads: str, out: Path) -> Path:
+    names = [n for n, v in variants.items() if v.get("latency_ms", {}).get(threads) and v.get(metric) is not None]
+    pts = [(variants[n]["latency_ms"][threads]["p50"], variants[n][metric]) for n in names]
+    front = set(pareto_front(pts))
+    fig, ax = plt.subplots(figsize=(5, 3.5))
+    for i, (n, (lat, acc)) in enumerate(zip(names, pts, strict=True)):
+        ax.scatter(lat, acc, marker="o" if i in front else "x", color="C0" if i in front else "C3")
+        ax.annotate(n, (lat, acc), textcoords="offset points", xytext=(4, 4), fontsize=8)
+    if front:
+        f = sorted(pts[i] for i in front)
+        ax.plot([p[0] for p in f], [p[1] for p in f], "C0--", lw=1)
+    ax.set_xlabel(f"p50 latency ms ({threads})")
+    ax.set_ylabel(metric)
+    ax.set_title(f"{kind}: latency vs {metric} (o = Pareto front)")
+    ax.grid(alpha=0.3)
+    fig.tight_layout()
+    path = out / f"{kind}_pareto.png"
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+    return path
+
+
+def plot_pr(curves: dict[str, np.ndarray], out: Path) -> Path:
+    """curves: variant -> precision at the 101 COCO recall points (IoU 0.5, all areas, mean over classes)."""
+    recall = np.linspace(0, 1, 101)
+    fig, ax = plt.subplots(figsize=(5, 3.5))
+    for name, prec in curves.items():
+        ax.plot(recall, prec, label=name)
+    ax.set_xlabel("recall")
+    ax.set_ylabel("precision")
+    ax.set_title("detector: precision-recall at IoU 0.5")
+    ax.set_xlim(0, 1)
+    ax.set_ylim(0, 1.02)
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=8)
+    fig.tight_layout()
+    path = out / "detector_pr.png"
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+    return path
