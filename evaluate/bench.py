@@ -37,7 +37,7 @@ def get_args_parser() -> argparse.ArgumentParser:
     p.add_argument("--run", required=True)
     p.add_argument("--split", default="val")
     p.add_argument("--warmup", type=int, default=10)
-    p.add_argument("--repeats", type=int, default=50)
+    p.add_argument("--repeats", type=int, default=200, help="timed runs per variant and thread count")
     p.add_argument("--limit", type=int, default=None, help="score only the first N images")
     return p
 
@@ -80,6 +80,33 @@ def peak_memory_mb(path: Path) -> float | None:
     return float(r.stdout.strip()) if r.returncode == 0 and r.stdout.strip() else None
 
 
+def _runner(model: OrtModel, x: np.ndarray) -> Callable[[], object]:
+    return lambda: model.infer(x)
+
+
+def interleaved_latency(runners: dict[str, Callable[[], object]], warmup: int, repeats: int,
+                        rounds: int = 5) -> dict[str, dict]:
+    """latency_ms of several variants measured in alternating rounds, so a noisy neighbour or a clock
+    change hits all of them alike and their ratios stay comparable (the speed-ups are such ratios)."""
+    samples: dict[str, list[float]] = {k: [] for k in runners}
+    per_round = max(1, repeats // rounds)
+    for _ in range(rounds):
+        for name, fn in runners.items():
+            for _ in range(warmup if not samples[name] else 2):
+                fn()
+            for _ in range(per_round):
+                t0 = time.perf_counter()
+                fn()
+                samples[name].append((time.perf_counter() - t0) * 1e3)
+    out = {}
+    for name, t in samples.items():
+        t = np.asarray(t)
+        p50, p90, p99 = np.percentile(t, [50, 90, 99])
+        out[name] = {"p50": float(p50), "p90": float(p90), "p99": float(p99), "mean": float(t.mean()),
+                     "fps": float(1e3 / t.mean())}
+    return out
+
+
 def onnx_variants(kind: str, export: Path) -> list[tuple[str, Path]]:
     names = [("fp32", f"{kind}.onnx"), ("int8", f"{kind}.int8.onnx"),
              ("int8-trt", f"{kind}.int8-trt.onnx"),  # the TensorRT QDQ file, run by ONNX Runtime here
@@ -106,15 +133,16 @@ def bench_model(kind: str, run: Path, split: str, warmup: int, repeats: int, lim
     out["torch"] = {**ev.score(run_torch, lambda img: preprocess(img, spec), ckpt["postprocess"]),
                     "latency_ms": lat, "size_mb": None, "params": ckpt.get("params"), "gflops": ckpt.get("gflops")}
     preds = {}
-    for variant, path in onnx_variants(kind, run / "export"):
-        models = {n: OrtModel(path, threads=n) for n in (1, threads_all)}
-        m = models[threads_all]
+    variants = onnx_variants(kind, run / "export")
+    lat = {f"{n}t": interleaved_latency({v: _runner(OrtModel(p, threads=n), x) for v, p in variants}, warmup, repeats)
+           for n in (1, threads_all)}
+    for variant, path in variants:
+        m = OrtModel(path, threads=threads_all)
         c = m.contract
-        lat = {f"{n}t": latency_ms(lambda mm=mm: mm.infer(x), warmup, repeats) for n, mm in models.items()}
-        mem = peak_memory_mb(path)
         preds[variant] = ev.predict(m.infer, lambda img, c=c: preprocess(img, c.preprocess), c.postprocess)
-        out[variant] = {**ev.score_predictions(preds[variant]), "latency_ms": lat, "peak_memory_mb": mem,
-                        "size_mb": path.stat().st_size / 2**20, "file": str(path.relative_to(run))}
+        out[variant] = {**ev.score_predictions(preds[variant]), "latency_ms": {t: v[variant] for t, v in lat.items()},
+                        "peak_memory_mb": peak_memory_mb(path), "size_mb": path.stat().st_size / 2**20,
+                        "file": str(path.relative_to(run))}
     out.update(tensorrt_variants(kind, run, ev, x, warmup, repeats))
     if ev.is_train:
         out["note"] = {"split": f"the {split} split is the training images: figures measure quantization "
