@@ -137,7 +137,7 @@ def blame(result: dict) -> str:
 
 def baseline_checks(kind: str, result: dict, base: dict | None, tol: dict) -> list[dict]:
     """Regression against the committed baseline: accuracy, latency and size may not get worse than tol."""
-    if not base:
+    if not base or base.get("metric") != result["metric"]:
         return []
     out = [check(kind, f"baseline {result['metric']} (deployed int8, baseline {base['accuracy']:.4f})",
                  result["cells"]["deployed/int8"], base["accuracy"] - tol.get("accuracy", 0.01), "min")]
@@ -175,7 +175,8 @@ def run_gate(args, cfg: dict) -> dict:
     deployed_fn = load_function(args.deployed_preprocess) if args.deployed_preprocess else None
     capture = Path(args.capture) if args.capture else None
     baseline_path = Path(cfg.get("baseline", "")) if cfg.get("baseline") else None
-    baseline = json.loads(baseline_path.read_text()) if baseline_path and baseline_path.is_file() else {}
+    baselines = json.loads(baseline_path.read_text()) if baseline_path and baseline_path.is_file() else {}
+    baseline = baselines.get(run.name, {})  # keyed by run name: a demo baseline never judges another run
     models = {}
     for kind in ("detector", "segmenter"):
         if (run / kind / "best.pt").is_file() and kind in cfg and (capture is None or (capture / kind).is_dir()):
@@ -193,10 +194,10 @@ def run_gate(args, cfg: dict) -> dict:
     if args.update_baseline:
         if baseline_path is None:
             raise ValueError(f"{args.config}: no `baseline:` path to write")
-        new = {k: {"metric": m["metric"], "accuracy": m["cells"]["deployed/int8"], "latency_ms": m["latency_ms"],
-                   "size_mb": m["size_mb"]} for k, m in models.items()}
-        write_atomic(baseline_path, json.dumps(new, indent=2) + "\n")
-        print(f"gate: baseline written to {baseline_path}; commit it to accept these figures")
+        baselines[run.name] = {k: {"metric": m["metric"], "accuracy": m["cells"]["deployed/int8"],
+                                   "latency_ms": m["latency_ms"], "size_mb": m["size_mb"]} for k, m in models.items()}
+        write_atomic(baseline_path, json.dumps(baselines, indent=2) + "\n")
+        print(f"gate: baseline for {run.name} written to {baseline_path}; commit it to accept these figures")
     return gate
 
 

@@ -22,8 +22,6 @@ IMAGENET_STD = (0.229, 0.224, 0.225)
 class InputNormalize(nn.Module):
     """uint8 (B, 3, H, W) in the contract's channel order -> float, ImageNet-normalised."""
 
-    out_channels = 3
-
     def __init__(self, channel_order: str = "RGB"):
         super().__init__()
         mean, std = IMAGENET_MEAN, IMAGENET_STD

@@ -103,14 +103,15 @@ def test_gate_baseline_regression_and_update(tiny_run, tmp_path):
 
     cfg = yaml.safe_load(_gate_config(tmp_path).read_text())
     cfg["baseline"] = str(tmp_path / "baseline.json")
+    cfg["baseline_tolerance"] = {"accuracy": 0.01, "latency_ratio": 20, "size_ratio": 1.05}  # latency: busy CI
     path = tmp_path / "gate.yaml"
     path.write_text(yaml.safe_dump(cfg))
     assert gate_main(["--run", str(tiny_run), "--config", str(path), "--update-baseline"]) == 0
-    base = json.loads((tmp_path / "baseline.json").read_text())
+    base = json.loads((tmp_path / "baseline.json").read_text())[tiny_run.name]
     assert gate_main(["--run", str(tiny_run), "--config", str(path)]) == 0  # same figures: no regression
     base["detector"]["accuracy"] += 0.5  # a baseline this run falls far short of
     base["detector"]["size_mb"] /= 2
-    (tmp_path / "baseline.json").write_text(json.dumps(base))
+    (tmp_path / "baseline.json").write_text(json.dumps({tiny_run.name: base, "other-run": {}}))
     assert gate_main(["--run", str(tiny_run), "--config", str(path)]) == 1
     failed = {c["name"] for c in json.loads((tiny_run / "gate" / "gate.json").read_text())["checks"] if not c["passed"]}
     assert any("baseline map50" in n for n in failed) and "detector: baseline size MB" in failed
