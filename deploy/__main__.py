@@ -1,93 +1,226 @@
-"""python -m deploy run --model DET.onnx [--seg SEG.onnx] --source DIR [--out preds.jsonl]"""
+"""python -m deploy run --model DET.onnx [--seg SEG.onnx] --source SRC [--out preds.jsonl] ...
+python -m deploy bench --model DET.onnx [--seg SEG.onnx] [--frames 300] [--size 1280x720] [--threads 1]
+
+The field runtime: numpy + OpenCV + ONNX Runtime only (never torch). SRC is an image folder, a video file,
+a camera index or an RTSP / GStreamer pipeline string. Per frame it writes one JSON line (frame id,
+timestamp, boxes with class names and scores, per-class thin-structure pixel counts, latency pre / infer /
+post per model) and at exit a summary (frames, FPS, p50 / p99 per stage). Corrupt frames are counted and
+skipped; a live source that drops is reopened with backoff; SIGTERM / SIGINT stop after the current frame,
+flush and exit 0; the output file appears under its name only when complete (written as .part first).
+Exit code: 0 done, 2 could not start (model, contract or source), 3 a live source stayed down.
+"""
 
 from __future__ import annotations
 
 import argparse
 import json
 import os
+import signal
 import sys
 import time
 from pathlib import Path
 
+import cv2
 import numpy as np
 
+from deploy.capture import save_capture
 from deploy.contract import ContractError
-from deploy.preprocess import ImageReadError, read_image
 from deploy.runtime import ModelLoadError, OrtModel
+from deploy.sources import Frame, SourceError, open_source
 
-IMAGE_SUFFIXES = {".jpg", ".jpeg", ".png", ".bmp", ".webp"}
+STAGES = ("pre", "infer", "post")
 
 
 def get_args_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog="python -m deploy", description=__doc__)
+    p = argparse.ArgumentParser(prog="python -m deploy", description=__doc__,
+                                formatter_class=argparse.RawDescriptionHelpFormatter)
     sub = p.add_subparsers(dest="cmd", required=True)
-    r = sub.add_parser("run", help="run detector (+ segmenter) over an image folder")
-    r.add_argument("--model", required=True, help="detector ONNX (reads its contract from the metadata)")
-    r.add_argument("--seg", help="segmenter ONNX, run on the same frames")
-    r.add_argument("--source", required=True, help="folder of images")
-    r.add_argument("--out", help="JSON Lines output (written atomically); default: stdout")
-    r.add_argument("--threads", type=int, default=None, help="ONNX Runtime intra-op threads")
+    r = sub.add_parser("run", help="run detector (+ segmenter) over a folder, video, camera or stream")
+    models(r)
+    r.add_argument("--source", required=True, help="image folder, video file, camera index, rtsp://..., or a "
+                                                   "GStreamer pipeline ending in appsink")
+    r.add_argument("--out", help="JSON Lines output (FILE.part while running, renamed when done); default stdout")
+    r.add_argument("--annotate", help="folder for annotated frames (JPEG)")
+    r.add_argument("--capture", help="folder for sampled raw frames + exact input tensors (for the gate)")
+    r.add_argument("--capture-every", type=int, default=30, help="capture one frame in N")
+    r.add_argument("--heartbeat", help="file rewritten every --heartbeat-seconds (container health checks)")
+    r.add_argument("--heartbeat-seconds", type=float, default=5.0)
+    r.add_argument("--max-frames", type=int, default=None)
+    r.add_argument("--max-reopen", type=int, default=10, help="reopen attempts for a live source that drops")
+    b = sub.add_parser("bench", help="per-stage latency from camera-sized frames to results")
+    models(b)
+    b.add_argument("--frames", type=int, default=300)
+    b.add_argument("--size", default="1280x720", help="WxH of the synthetic BGR frames")
     return p
 
 
-def frame_record(frame_id: int, name: str, det: OrtModel, seg: OrtModel | None, img: np.ndarray) -> dict:
-    t0 = time.perf_counter()
-    d = det.predict(img)
-    t1 = time.perf_counter()
-    names = det.contract.class_names
-    rec = {
-        "frame": frame_id,
-        "source": name,
-        "boxes": [
-            {"label": names[int(c)], "score": round(float(s), 4), "xyxy": [round(float(v), 1) for v in b]}
-            for b, s, c in zip(d.boxes, d.scores, d.labels, strict=True)
-        ],
-        "latency_ms": {"detector": round((t1 - t0) * 1e3, 2)},
-    }
-    if seg is not None:
-        mask = seg.predict(img)
-        counts = np.bincount(mask.ravel(), minlength=len(seg.contract.class_names))
-        rec["thin_pixels"] = {n: int(k) for n, k in zip(seg.contract.class_names, counts, strict=True)}
-        rec["latency_ms"]["segmenter"] = round((time.perf_counter() - t1) * 1e3, 2)
-    return rec
+def models(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--model", required=True, help="detector ONNX or .ort (reads its contract from the metadata)")
+    p.add_argument("--seg", help="segmenter ONNX or .ort, run on the same frames")
+    p.add_argument("--backend", default="ort", choices=["ort", "trt"],
+                   help="ort: ONNX Runtime (CPU); trt: native TensorRT engines (not in this release)")
+    p.add_argument("--threads", type=int, default=None, help="ONNX Runtime intra-op threads (and OpenCV's)")
 
 
-def run(args: argparse.Namespace) -> int:
+def load_models(args) -> tuple[OrtModel, OrtModel | None]:
+    if args.backend == "trt":
+        raise ModelLoadError("--backend trt: the native TensorRT runner is not in this release; build engines "
+                             "with `python -m export.tensorrt` and run --backend ort meanwhile")
+    if args.threads:
+        cv2.setNumThreads(args.threads)
     det = OrtModel(args.model, threads=args.threads)
     seg = OrtModel(args.seg, threads=args.threads) if args.seg else None
     if det.task != "detector" or (seg is not None and seg.task != "segmenter"):
         raise ContractError("--model takes a detector and --seg a segmenter (see each file's edge_vision.task)")
-    src = Path(args.source)
-    if not src.is_dir():
-        raise FileNotFoundError(f"{src}: not a folder of images (video and camera sources: not yet supported)")
-    files = sorted(p for p in src.iterdir() if p.suffix.lower() in IMAGE_SUFFIXES)
-    tmp = Path(str(args.out) + ".part") if args.out else None
-    out = open(tmp, "w") if tmp else sys.stdout
-    done = skipped = 0
+    return det, seg
+
+
+def process(frame: Frame, det: OrtModel, seg: OrtModel | None, capture: Path | None = None) -> dict:
+    """One frame through both models: the JSON record, with the per-stage latency in ms."""
+    rec: dict = {"frame": frame.id, "source": frame.name, "timestamp": round(frame.timestamp, 3), "latency_ms": {}}
+    for name, m in (("detector", det), ("segmenter", seg)):
+        if m is None:
+            continue
+        t0 = time.perf_counter()
+        tensor, lb = m.prepare(frame.image)
+        t1 = time.perf_counter()
+        outs = m.infer(tensor)
+        t2 = time.perf_counter()
+        result = m.postprocess(outs, lb)
+        t3 = time.perf_counter()
+        rec["latency_ms"][name] = {"pre": round((t1 - t0) * 1e3, 3), "infer": round((t2 - t1) * 1e3, 3),
+                                   "post": round((t3 - t2) * 1e3, 3)}
+        if capture is not None:
+            save_capture(capture / name, f"{frame.id:08d}", frame.image, tensor, lb)
+        if name == "detector":
+            names = m.contract.class_names
+            rec["boxes"] = [{"label": names[int(c)], "score": round(float(s), 4),
+                             "xyxy": [round(float(v), 1) for v in b]}
+                            for b, s, c in zip(result.boxes, result.scores, result.labels, strict=True)]
+            rec["_det"] = result
+        else:
+            counts = np.bincount(result.ravel(), minlength=len(m.contract.class_names))
+            rec["thin_pixels"] = {n: int(k) for n, k in zip(m.contract.class_names, counts, strict=True)
+                                  if n != "background"}
+            rec["_mask"] = result
+    rec["drift"] = None  # input-statistics drift score: not in this release
+    return rec
+
+
+def annotate(img: np.ndarray, rec: dict) -> np.ndarray:
+    out = img.copy()
+    mask = rec.get("_mask")
+    if mask is not None:
+        out[mask > 0] = (0.5 * out[mask > 0] + [0, 0, 127]).astype(np.uint8)
+    for b in rec.get("boxes", []):
+        x0, y0, x1, y1 = (int(v) for v in b["xyxy"])
+        cv2.rectangle(out, (x0, y0), (x1, y1), (0, 255, 0), 2)
+        cv2.putText(out, f"{b['label']} {b['score']:.2f}", (x0, max(0, y0 - 4)), cv2.FONT_HERSHEY_SIMPLEX, 0.4,
+                    (0, 255, 0), 1)
+    return out
+
+
+def summarize(latencies: dict[str, list[float]], frames: int, seconds: float, stats) -> dict:
+    out = {"frames": frames, "bad_frames": stats.bad_frames if stats else 0, "reopens": stats.reopens if stats else 0,
+           "seconds": round(seconds, 3), "fps": round(frames / seconds, 1) if seconds > 0 else None, "latency_ms": {}}
+    for k, v in latencies.items():
+        if v:
+            p50, p99 = np.percentile(v, [50, 99])
+            out["latency_ms"][k] = {"p50": round(float(p50), 3), "p99": round(float(p99), 3)}
+    return out
+
+
+def write_atomic(path: Path, text: str) -> None:
+    tmp = path.with_name(path.name + ".tmp")
+    tmp.write_text(text)
+    os.replace(tmp, path)
+
+
+def run(args: argparse.Namespace) -> int:
+    det, seg = load_models(args)
+    source = open_source(args.source, max_reopen=args.max_reopen)
+    stop = {"signal": None}
+
+    def on_signal(signum, _frame):
+        stop["signal"] = signal.Signals(signum).name
+
+    signal.signal(signal.SIGTERM, on_signal)
+    signal.signal(signal.SIGINT, on_signal)
+    part = Path(str(args.out) + ".part") if args.out else None
+    out = open(part, "w") if part else sys.stdout
+    annotate_dir = Path(args.annotate) if args.annotate else None
+    if annotate_dir:
+        annotate_dir.mkdir(parents=True, exist_ok=True)
+    capture = Path(args.capture) if args.capture else None
+    latencies: dict[str, list[float]] = {}
+    done, t_start, last_beat, rc = 0, time.perf_counter(), 0.0, 0
     try:
-        for i, f in enumerate(files):
-            try:
-                img = read_image(f)
-            except ImageReadError as e:
-                print(f"skip: {e}", file=sys.stderr)
-                skipped += 1
-                continue
-            out.write(json.dumps(frame_record(i, f.name, det, seg, img)) + "\n")
+        for frame in source:
+            t0 = time.perf_counter()
+            cap = capture if capture is not None and frame.id % max(1, args.capture_every) == 0 else None
+            rec = process(frame, det, seg, cap)
+            if annotate_dir:
+                cv2.imwrite(str(annotate_dir / f"{frame.id:08d}.jpg"), annotate(frame.image, rec))
+            rec.pop("_det", None)
+            rec.pop("_mask", None)
+            for name, stages in rec["latency_ms"].items():
+                for s, v in stages.items():
+                    latencies.setdefault(f"{name}.{s}", []).append(v)
+            latencies.setdefault("frame", []).append((time.perf_counter() - t0) * 1e3)
+            out.write(json.dumps(rec) + "\n")
             done += 1
+            if args.heartbeat and time.time() - last_beat >= args.heartbeat_seconds:
+                last_beat = time.time()
+                beat = {"time": last_beat, "frames": done, "source": args.source}
+                write_atomic(Path(args.heartbeat), json.dumps(beat))
+            if stop["signal"] or (args.max_frames and done >= args.max_frames):
+                break
+    except SourceError as e:
+        print(f"error: {e}", file=sys.stderr)
+        rc = 3
     finally:
-        if tmp:
+        out.flush()
+        if part:
             out.close()
-    if tmp:
-        os.replace(tmp, args.out)  # never leave a half-written result under the final name
-    print(f"frames: {done} processed, {skipped} skipped", file=sys.stderr)
+            os.replace(part, args.out)  # complete lines only, under the final name
+    summary = summarize(latencies, done, time.perf_counter() - t_start, source.stats)
+    if stop["signal"]:
+        summary["stopped_by"] = stop["signal"]
+    print("summary: " + json.dumps(summary), file=sys.stderr)
+    return rc
+
+
+def bench(args: argparse.Namespace) -> int:
+    """Camera-sized frames -> results, per stage: what a device's frame budget is spent on."""
+    det, seg = load_models(args)
+    w, h = (int(v) for v in args.size.lower().split("x"))
+    rng = np.random.default_rng(0)
+    base = cv2.GaussianBlur(rng.integers(0, 256, (h, w, 3), dtype=np.uint8), (0, 0), 3)  # image-like, not noise
+    lat: dict[str, list[float]] = {}
+    for i in range(args.frames + 20):
+        rec = process(Frame(i, str(i), time.time(), np.roll(base, i, axis=1)), det, seg)
+        if i < 20:  # warm-up
+            continue
+        for name, stages in rec["latency_ms"].items():
+            for s, v in stages.items():
+                lat.setdefault(name, {}).setdefault(s, []).append(v)
+    print(f"{w}x{h} BGR frames -> results, {args.frames} frames, threads={args.threads or 'default'}")
+    total = 0.0
+    for name, stages in lat.items():
+        p50 = {s: float(np.median(v)) for s, v in stages.items()}
+        frame = sum(p50.values())
+        total += frame
+        print(f"  {name}: pre {p50['pre']:.3f} ms, infer {p50['infer']:.3f} ms, post {p50['post']:.3f} ms (p50); "
+              f"pre+post {100 * (p50['pre'] + p50['post']) / frame:.1f}% of {frame:.3f} ms -> {1e3 / frame:.0f} FPS")
+    print(f"  all models: {total:.3f} ms per frame -> {1e3 / total:.0f} FPS")
     return 0
 
 
 def main(argv: list[str] | None = None) -> int:
     args = get_args_parser().parse_args(argv)
     try:
-        return run(args)
-    except (ModelLoadError, ContractError, FileNotFoundError) as e:
+        return run(args) if args.cmd == "run" else bench(args)
+    except (ModelLoadError, ContractError, SourceError, FileNotFoundError) as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
 

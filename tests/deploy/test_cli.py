@@ -1,9 +1,35 @@
 import json
 import shutil
+import signal
 import subprocess
 import sys
+import time
 
+import cv2
+import numpy as np
+
+from deploy.capture import load_capture
 from tests.conftest import REPO
+
+
+def deploy(*args, **kw):
+    return subprocess.run([sys.executable, "-m", "deploy", *map(str, args)], cwd=REPO, capture_output=True,
+                          text=True, **kw)
+
+
+def summary(stderr: str) -> dict:
+    line = next(x for x in stderr.splitlines() if x.startswith("summary: "))
+    return json.loads(line[len("summary: "):])
+
+
+def write_video(path, frames: int = 30, size=(320, 240)) -> None:
+    w = cv2.VideoWriter(str(path), cv2.VideoWriter_fourcc(*"MJPG"), 15, size)
+    rng = np.random.default_rng(0)
+    for i in range(frames):
+        img = np.full((size[1], size[0], 3), 90, np.uint8)
+        cv2.rectangle(img, (20 + 5 * i, 60), (80 + 5 * i, 140), tuple(int(v) for v in rng.integers(0, 255, 3)), -1)
+        w.write(img)
+    w.release()
 
 
 def test_runs_on_an_image_folder_and_skips_corrupt_frames(tiny_run, tiny_data, tmp_path):
@@ -12,19 +38,76 @@ def test_runs_on_an_image_folder_and_skips_corrupt_frames(tiny_run, tiny_data, t
     (src / "zz_broken.jpg").write_bytes(b"\xff\xd8 truncated")
     out = tmp_path / "preds.jsonl"
     exp = tiny_run / "export"
-    r = subprocess.run([sys.executable, "-m", "deploy", "run", "--model", str(exp / "detector.onnx"),
-                        "--seg", str(exp / "segmenter.onnx"), "--source", str(src), "--out", str(out)],
-                       cwd=REPO, capture_output=True, text=True)
+    r = deploy("run", "--model", exp / "detector.onnx", "--seg", exp / "segmenter.onnx", "--source", src,
+               "--out", out, "--heartbeat", tmp_path / "alive.json", "--annotate", tmp_path / "ann")
     assert r.returncode == 0, r.stderr
-    assert "zz_broken.jpg: cannot decode" in r.stderr and "4 processed, 1 skipped" in r.stderr
+    assert "zz_broken.jpg: cannot decode" in r.stderr and "Traceback" not in r.stderr
+    s = summary(r.stderr)
+    assert s["frames"] == 4 and s["bad_frames"] == 1
+    assert {"detector.pre", "detector.infer", "detector.post", "segmenter.infer", "frame"} <= set(s["latency_ms"])
     rows = [json.loads(line) for line in out.read_text().splitlines()]
     assert len(rows) == 4 and not (tmp_path / "preds.jsonl.part").exists()
-    assert set(rows[0]["thin_pixels"]) == {"background", "wire", "lane", "crack"}
-    assert sum(rows[0]["thin_pixels"].values()) == 240 * 320  # mask is back in source pixels
+    assert set(rows[0]["thin_pixels"]) == {"wire", "lane", "crack"}
+    assert sum(rows[0]["thin_pixels"].values()) <= 240 * 320  # mask is back in source pixels
+    assert set(rows[0]["latency_ms"]["detector"]) == {"pre", "infer", "post"} and "timestamp" in rows[0]
+    assert json.loads((tmp_path / "alive.json").read_text())["frames"] >= 1
+    assert len(list((tmp_path / "ann").glob("*.jpg"))) == 4
 
 
-def test_refuses_a_segmenter_passed_as_detector(tiny_run, tmp_path):
+def test_runs_on_a_video_file_and_captures_input_tensors(tiny_run, tmp_path):
+    video = tmp_path / "clip.avi"
+    write_video(video, frames=30)
+    out = tmp_path / "preds.jsonl"
+    r = deploy("run", "--model", tiny_run / "export" / "detector.int8.onnx", "--source", video, "--out", out,
+               "--capture", tmp_path / "cap", "--capture-every", 10)
+    assert r.returncode == 0, r.stderr
+    rows = [json.loads(line) for line in out.read_text().splitlines()]
+    assert [x["frame"] for x in rows] == list(range(30)) and summary(r.stderr)["fps"] > 0
+    npz = sorted((tmp_path / "cap" / "detector").glob("*.npz"))
+    assert [p.stem for p in npz] == ["00000000", "00000010", "00000020"]
+    tensor, lb = load_capture(npz[0])
+    assert tensor.dtype == np.uint8 and tensor.shape[0] == 3 and (lb.src_h, lb.src_w) == (240, 320)
+
+
+def test_a_truncated_video_ends_cleanly_where_its_data_ends(tiny_run, tmp_path):
+    video = tmp_path / "clip.avi"
+    write_video(video, frames=40)
+    data = video.read_bytes()
+    video.write_bytes(data[: len(data) // 2])  # the recorder died mid-file
+    out = tmp_path / "preds.jsonl"
+    r = deploy("run", "--model", tiny_run / "export" / "detector.onnx", "--source", video, "--out", out)
+    assert r.returncode == 0 and "Traceback" not in r.stderr, r.stderr
+    n = len(out.read_text().splitlines())
+    assert 0 < n < 40 and summary(r.stderr)["frames"] == n
+
+
+def test_sigterm_flushes_complete_lines_and_exits_zero(tiny_run, tmp_path):
+    video = tmp_path / "long.avi"
+    write_video(video, frames=400)
+    out = tmp_path / "preds.jsonl"
+    p = subprocess.Popen([sys.executable, "-m", "deploy", "run", "--model", tiny_run / "export" / "detector.onnx",
+                          "--source", video, "--out", out], cwd=REPO, stderr=subprocess.PIPE, text=True)
+    part = tmp_path / "preds.jsonl.part"
+    deadline = time.time() + 60
+    while time.time() < deadline and (not part.exists() or part.stat().st_size == 0):
+        time.sleep(0.05)
+    p.send_signal(signal.SIGTERM)
+    _, err = p.communicate(timeout=60)
+    assert p.returncode == 0, err
+    rows = [json.loads(line) for line in out.read_text().splitlines()]  # every line is whole JSON
+    assert 0 < len(rows) < 400 and not part.exists()
+    assert summary(err)["stopped_by"] == "SIGTERM"
+
+
+def test_refuses_a_segmenter_passed_as_detector_and_a_missing_source(tiny_run, tmp_path):
     exp = tiny_run / "export"
-    r = subprocess.run([sys.executable, "-m", "deploy", "run", "--model", str(exp / "segmenter.onnx"),
-                        "--source", str(tmp_path)], cwd=REPO, capture_output=True, text=True)
+    r = deploy("run", "--model", exp / "segmenter.onnx", "--source", tmp_path)
     assert r.returncode == 2 and "Traceback" not in r.stderr and "--model takes a detector" in r.stderr
+    r = deploy("run", "--model", exp / "detector.onnx", "--source", tmp_path / "nope.mp4")
+    assert r.returncode == 2 and "nope.mp4: not a folder, video file" in r.stderr
+
+
+def test_bench_prints_the_per_stage_breakdown(tiny_run):
+    r = deploy("bench", "--model", tiny_run / "export" / "detector.int8.onnx", "--frames", 5, "--threads", 1)
+    assert r.returncode == 0, r.stderr
+    assert "pre+post" in r.stdout and "FPS" in r.stdout

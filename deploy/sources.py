@@ -1,0 +1,132 @@
+"""Frame sources for the field runtime: an image folder, a video file, a camera index, or an RTSP /
+GStreamer pipeline string (OpenCV VideoCapture). numpy + OpenCV only.
+
+Behaviour the runtime documents and the tests hold it to:
+  - a corrupt or empty frame is counted (`bad_frames`) and skipped, never passed on;
+  - a folder or a video file ends at its end (a truncated file ends where its data ends);
+  - a live source (camera, RTSP, pipeline) that drops is reopened with exponential backoff
+    (0.5 s doubling to 8 s) and given up after `max_reopen` failed attempts in a row.
+"""
+
+from __future__ import annotations
+
+import sys
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+import cv2
+import numpy as np
+
+from deploy.preprocess import ImageReadError, read_image
+
+IMAGE_SUFFIXES = {".jpg", ".jpeg", ".png", ".bmp", ".webp"}
+
+
+class SourceError(RuntimeError):
+    """A source that cannot be opened or that stayed down past the reopen budget."""
+
+
+@dataclass
+class Frame:
+    id: int
+    name: str
+    timestamp: float  # seconds since the epoch when the frame was read
+    image: np.ndarray  # (H, W, 3) uint8 BGR
+
+
+@dataclass
+class SourceStats:
+    frames: int = 0
+    bad_frames: int = 0
+    reopens: int = 0
+
+
+def is_live(spec: str) -> bool:
+    return spec.isdigit() or "://" in spec or "!" in spec  # camera index, rtsp://..., GStreamer pipeline
+
+
+def open_source(spec: str, max_reopen: int = 10, backoff: tuple[float, float] = (0.5, 8.0)):
+    """-> an iterator of Frames with a `.stats` attribute, chosen by what `spec` names."""
+    path = Path(spec)
+    if path.is_dir():
+        return FolderSource(path)
+    if is_live(spec):
+        return VideoSource(spec, live=True, max_reopen=max_reopen, backoff=backoff)
+    if path.is_file():
+        return VideoSource(spec, live=False)
+    raise SourceError(f"{spec}: not a folder, video file, camera index or rtsp:// / GStreamer source")
+
+
+class FolderSource:
+    def __init__(self, folder: Path):
+        self.files = sorted(p for p in folder.iterdir() if p.suffix.lower() in IMAGE_SUFFIXES)
+        self.stats = SourceStats()
+
+    def __iter__(self) -> Iterator[Frame]:
+        for i, f in enumerate(self.files):
+            try:
+                img = read_image(f)
+            except ImageReadError as e:
+                self.stats.bad_frames += 1
+                print(f"skip: {e}", file=sys.stderr, flush=True)
+                continue
+            self.stats.frames += 1
+            yield Frame(i, f.name, time.time(), img)
+
+
+class VideoSource:
+    def __init__(self, spec: str, live: bool, max_reopen: int = 10, backoff: tuple[float, float] = (0.5, 8.0)):
+        self.spec, self.live, self.max_reopen, self.backoff = spec, live, max_reopen, backoff
+        self.stats = SourceStats()
+        self.cap = self._open()
+        if self.cap is None:
+            if not live:
+                raise SourceError(f"{spec}: OpenCV cannot open this video (corrupt, or a codec it lacks)")
+            self.cap = self._reopen()
+
+    def _open(self):
+        src = int(self.spec) if self.spec.isdigit() else self.spec
+        api = cv2.CAP_GSTREAMER if "!" in self.spec else cv2.CAP_ANY
+        cap = cv2.VideoCapture(src, api)
+        return cap if cap.isOpened() else None
+
+    def _reopen(self):
+        delay = self.backoff[0]
+        for attempt in range(1, self.max_reopen + 1):
+            time.sleep(delay)
+            cap = self._open()
+            if cap is not None:
+                self.stats.reopens += 1
+                return cap
+            print(f"warning: {self.spec}: reopen attempt {attempt}/{self.max_reopen} failed, next in "
+                  f"{min(delay * 2, self.backoff[1]):.1f} s", file=sys.stderr, flush=True)
+            delay = min(delay * 2, self.backoff[1])
+        raise SourceError(f"{self.spec}: source down after {self.max_reopen} reopen attempts; check the camera/stream")
+
+    def __iter__(self) -> Iterator[Frame]:
+        i = 0
+        misses = 0
+        while True:
+            ok, img = self.cap.read()
+            if not ok:
+                if not self.live:
+                    return  # end of file, or where a truncated file's data ends
+                misses += 1
+                if misses >= 3:  # a live source that stopped delivering: reopen it
+                    self.cap.release()
+                    self.cap = self._reopen()
+                    misses = 0
+                continue
+            misses = 0
+            if img is None or img.size == 0 or img.ndim != 3 or img.shape[2] != 3:
+                self.stats.bad_frames += 1
+                print(f"skip: {self.spec}: frame {i} is empty or not HxWx3", file=sys.stderr, flush=True)
+                continue
+            self.stats.frames += 1
+            yield Frame(i, f"{i:08d}", time.time(), img)
+            i += 1
+
+    def close(self) -> None:
+        self.cap.release()
