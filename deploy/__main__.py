@@ -15,20 +15,25 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import queue
 import signal
 import sys
+import threading
 import time
 from pathlib import Path
 
 import cv2
 import numpy as np
+import onnxruntime as ort
 
 from deploy.capture import save_capture
 from deploy.contract import ContractError
 from deploy.runtime import ModelLoadError, OrtModel
 from deploy.sources import Frame, SourceError, open_source
 
-STAGES = ("pre", "infer", "post")
+EXECUTION_PROVIDERS = {"cpu": ["CPUExecutionProvider"],
+                       "cuda": ["CUDAExecutionProvider", "CPUExecutionProvider"],
+                       "tensorrt": ["TensorrtExecutionProvider", "CUDAExecutionProvider", "CPUExecutionProvider"]}
 
 
 def get_args_parser() -> argparse.ArgumentParser:
@@ -46,6 +51,8 @@ def get_args_parser() -> argparse.ArgumentParser:
     r.add_argument("--heartbeat", help="file rewritten every --heartbeat-seconds (container health checks)")
     r.add_argument("--heartbeat-seconds", type=float, default=5.0)
     r.add_argument("--max-frames", type=int, default=None)
+    r.add_argument("--pipeline", action="store_true", help="read and preprocess the next frame in a thread "
+                                                           "while the current one runs")
     r.add_argument("--max-reopen", type=int, default=10, help="reopen attempts for a live source that drops")
     b = sub.add_parser("bench", help="per-stage latency from camera-sized frames to results")
     models(b)
@@ -58,37 +65,87 @@ def models(p: argparse.ArgumentParser) -> None:
     p.add_argument("--model", required=True, help="detector ONNX or .ort (reads its contract from the metadata)")
     p.add_argument("--seg", help="segmenter ONNX or .ort, run on the same frames")
     p.add_argument("--backend", default="ort", choices=["ort", "trt"],
-                   help="ort: ONNX Runtime (CPU); trt: native TensorRT engines (not in this release)")
+                   help="ort: ONNX Runtime; trt: a TensorRT engine built here from the ONNX and cached")
+    p.add_argument("--ep", default="cpu", choices=sorted(EXECUTION_PROVIDERS),
+                   help="ONNX Runtime execution provider (cuda / tensorrt need onnxruntime-gpu)")
+    p.add_argument("--precision", default="int8", choices=["fp32", "fp16", "int8"],
+                   help="--backend trt: engine precision (int8 takes the QDQ file, e.g. detector.int8-trt.onnx)")
+    p.add_argument("--engine-cache", default="engines", help="--backend trt: engine cache folder")
     p.add_argument("--threads", type=int, default=None, help="ONNX Runtime intra-op threads (and OpenCV's)")
 
 
-def load_models(args) -> tuple[OrtModel, OrtModel | None]:
+def load_model(path: str, args):
     if args.backend == "trt":
-        raise ModelLoadError("--backend trt: the native TensorRT runner is not in this release; build engines "
-                             "with `python -m export.tensorrt` and run --backend ort meanwhile")
+        from deploy.trt_engine import TensorRTUnavailable
+        from deploy.trt_runtime import TrtModel
+
+        try:
+            return TrtModel(path, args.precision, args.engine_cache)
+        except TensorRTUnavailable as e:
+            raise ModelLoadError(f"--backend trt: {e}") from None
+    providers = EXECUTION_PROVIDERS[args.ep]
+    missing = [p for p in providers if p not in ort.get_available_providers()]
+    if missing:
+        raise ModelLoadError(f"--ep {args.ep}: {missing[0]} is not in this onnxruntime build "
+                             f"({', '.join(ort.get_available_providers())}); install onnxruntime-gpu or use --ep cpu")
+    return OrtModel(path, threads=args.threads, providers=providers)
+
+
+def load_models(args):
     if args.threads:
         cv2.setNumThreads(args.threads)
-    det = OrtModel(args.model, threads=args.threads)
-    seg = OrtModel(args.seg, threads=args.threads) if args.seg else None
+    det = load_model(args.model, args)
+    seg = load_model(args.seg, args) if args.seg else None
     if det.task != "detector" or (seg is not None and seg.task != "segmenter"):
         raise ContractError("--model takes a detector and --seg a segmenter (see each file's edge_vision.task)")
     return det, seg
 
 
-def process(frame: Frame, det: OrtModel, seg: OrtModel | None, capture: Path | None = None) -> dict:
+def prepare_all(frame: Frame, det, seg) -> dict:
+    """Each model's (tensor, letterbox, ms) for one frame: the step the pipeline thread runs ahead."""
+    out = {}
+    for name, m in (("detector", det), ("segmenter", seg)):
+        if m is not None:
+            t0 = time.perf_counter()
+            tensor, lb = m.prepare(frame.image)
+            out[name] = (tensor, lb, (time.perf_counter() - t0) * 1e3)
+    return out
+
+
+def pipelined(source, det, seg, depth: int = 2):
+    """Read and preprocess in a thread while the caller infers: yields (frame, prepared)."""
+    q: queue.Queue = queue.Queue(maxsize=depth)
+    done = object()
+
+    def reader():
+        try:
+            for frame in source:
+                q.put((frame, prepare_all(frame, det, seg)))
+        except Exception as e:  # handed to the consumer, which raises it in the main thread
+            q.put(e)
+        q.put(done)
+
+    threading.Thread(target=reader, daemon=True).start()
+    while (item := q.get()) is not done:
+        if isinstance(item, Exception):
+            raise item
+        yield item
+
+
+def process(frame: Frame, det, seg, capture: Path | None = None, prepared: dict | None = None) -> dict:
     """One frame through both models: the JSON record, with the per-stage latency in ms."""
     rec: dict = {"frame": frame.id, "source": frame.name, "timestamp": round(frame.timestamp, 3), "latency_ms": {}}
+    prepared = prepared or prepare_all(frame, det, seg)
     for name, m in (("detector", det), ("segmenter", seg)):
         if m is None:
             continue
-        t0 = time.perf_counter()
-        tensor, lb = m.prepare(frame.image)
+        tensor, lb, pre_ms = prepared[name]
         t1 = time.perf_counter()
         outs = m.infer(tensor)
         t2 = time.perf_counter()
         result = m.postprocess(outs, lb)
         t3 = time.perf_counter()
-        rec["latency_ms"][name] = {"pre": round((t1 - t0) * 1e3, 3), "infer": round((t2 - t1) * 1e3, 3),
+        rec["latency_ms"][name] = {"pre": round(pre_ms, 3), "infer": round((t2 - t1) * 1e3, 3),
                                    "post": round((t3 - t2) * 1e3, 3)}
         if capture is not None:
             save_capture(capture / name, f"{frame.id:08d}", frame.image, tensor, lb)
@@ -155,10 +212,11 @@ def run(args: argparse.Namespace) -> int:
     latencies: dict[str, list[float]] = {}
     done, t_start, last_beat, rc = 0, time.perf_counter(), 0.0, 0
     try:
-        for frame in source:
+        frames = pipelined(source, det, seg) if args.pipeline else ((f, None) for f in source)
+        for frame, prepared in frames:
             t0 = time.perf_counter()
             cap = capture if capture is not None and frame.id % max(1, args.capture_every) == 0 else None
-            rec = process(frame, det, seg, cap)
+            rec = process(frame, det, seg, cap, prepared)
             if annotate_dir:
                 cv2.imwrite(str(annotate_dir / f"{frame.id:08d}.jpg"), annotate(frame.image, rec))
             rec.pop("_det", None)

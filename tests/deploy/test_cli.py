@@ -7,6 +7,7 @@ import time
 
 import cv2
 import numpy as np
+import pytest
 
 from deploy.capture import load_capture
 from tests.conftest import REPO
@@ -111,3 +112,52 @@ def test_bench_prints_the_per_stage_breakdown(tiny_run):
     r = deploy("bench", "--model", tiny_run / "export" / "detector.int8.onnx", "--frames", 5, "--threads", 1)
     assert r.returncode == 0, r.stderr
     assert "pre+post" in r.stdout and "FPS" in r.stdout
+
+
+def test_pipelined_run_gives_the_same_results(tiny_run, tmp_path):
+    video = tmp_path / "clip.avi"
+    write_video(video, frames=12)
+    rows = {}
+    for mode in ("plain", "pipeline"):
+        out = tmp_path / f"{mode}.jsonl"
+        extra = ["--pipeline"] if mode == "pipeline" else []
+        r = deploy("run", "--model", tiny_run / "export" / "detector.onnx", "--seg",
+                   tiny_run / "export" / "segmenter.onnx", "--source", video, "--out", out, *extra)
+        assert r.returncode == 0, r.stderr
+        rows[mode] = [{k: v for k, v in json.loads(x).items() if k in ("frame", "boxes", "thin_pixels")}
+                      for x in out.read_text().splitlines()]
+    assert rows["plain"] == rows["pipeline"] and len(rows["plain"]) == 12
+
+
+def test_a_live_source_that_stays_down_is_reported_not_a_traceback(tiny_run, tmp_path):
+    r = deploy("run", "--model", tiny_run / "export" / "detector.onnx", "--source", "rtsp://127.0.0.1:9/none",
+               "--max-reopen", 2, timeout=60)
+    assert r.returncode == 2 and "Traceback" not in r.stderr
+    assert "reopen attempt 1/2 failed" in r.stderr and "source down after 2 reopen attempts" in r.stderr
+    r = deploy("run", "--model", tiny_run / "export" / "detector.onnx", "--source", tmp_path, "--ep", "cuda")
+    assert r.returncode == 2 and "--ep cuda: CUDAExecutionProvider is not in this onnxruntime build" in r.stderr
+
+
+def test_a_live_source_that_drops_mid_stream_is_reopened(monkeypatch):
+    from deploy import sources
+
+    class FakeCap:  # delivers `n` frames, then the link drops
+        def __init__(self, n):
+            self.n = n
+
+        def read(self):
+            self.n -= 1
+            return (True, np.zeros((8, 8, 3), np.uint8)) if self.n >= 0 else (False, None)
+
+        def release(self):
+            pass
+
+    caps = [FakeCap(3), None, FakeCap(2)]  # first stream, one failed reopen, then a working one
+    monkeypatch.setattr(sources.VideoSource, "_open", lambda self: caps.pop(0) if caps else None)
+    monkeypatch.setattr(sources.time, "sleep", lambda s: None)
+    src = sources.VideoSource("rtsp://camera", live=True, max_reopen=3, backoff=(0.01, 0.02))
+    got = []
+    with pytest.raises(sources.SourceError, match="source down after 3 reopen attempts"):
+        for frame in src:
+            got.append(frame.id)
+    assert got == [0, 1, 2, 3, 4] and src.stats.reopens == 1

@@ -70,3 +70,17 @@ def test_corrupt_and_missing_images_name_the_file(tmp_path):
         read_image(bad)
     with pytest.raises(ImageReadError, match="nope.jpg: no such image"):
         read_image(tmp_path / "nope.jpg")
+
+
+def test_nchw_tensor_is_the_resized_frame_in_contract_channel_order():
+    import cv2
+
+    from deploy.preprocess import fit_to_input
+
+    img = np.random.default_rng(0).integers(0, 256, (720, 1280, 3), dtype=np.uint8)
+    for order in ("RGB", "BGR"):
+        spec = PreprocessSpec(input_size=(320, 320), channel_order=order)
+        t, _ = preprocess(img, spec)
+        ref, _ = fit_to_input(img, spec)
+        ref = cv2.cvtColor(ref, cv2.COLOR_BGR2RGB) if order == "RGB" else ref
+        assert t.flags.c_contiguous and np.array_equal(t, ref.transpose(2, 0, 1)), order
