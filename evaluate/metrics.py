@@ -23,6 +23,7 @@ from datasets.config import DatasetConfig, load_dataset_config
 from datasets.masks import IGNORE_INDEX, read_mask, value_lut
 from deploy.postprocess import Detections, decode_detections, decode_mask
 from deploy.preprocess import Letterbox, read_image
+from evaluate.thin_metrics import ThinMeter
 
 Runner = Callable[[np.ndarray], list[np.ndarray]]
 PreprocessFn = Callable[[np.ndarray], tuple[np.ndarray, Letterbox]]
@@ -143,11 +144,16 @@ def predict_masks(runner: Runner, pairs: Sequence[tuple[Path, Path]], preprocess
     return out
 
 
-def score_masks(preds: Sequence[np.ndarray], truths: Sequence[np.ndarray], class_names, thin_classes) -> dict:
+def score_masks(preds: Sequence[np.ndarray], truths: Sequence[np.ndarray], class_names, thin_classes,
+                thin_metrics: bool = True) -> dict:
+    """mIoU / per-class IoU / thin IoU, plus clDice, boundary F1 (2 px) and width-bucketed recall."""
     meter = SegMeter(class_names, thin_classes)
+    thin = ThinMeter(list(class_names), list(thin_classes)) if thin_metrics and thin_classes else None
     for p, t in zip(preds, truths, strict=True):
         meter.update(p, t)
-    return meter.compute()
+        if thin is not None:
+            thin.update(p, t)
+    return {**meter.compute(), **(thin.compute() if thin is not None else {})}
 
 
 def load_truth_masks(pairs: Sequence[tuple[Path, Path]], lut: np.ndarray, limit: int | None = None):

@@ -6,7 +6,7 @@ import json
 import os
 from pathlib import Path
 
-METRICS = {"detector": ("map", "map50"), "segmenter": ("miou", "thin_iou")}
+METRICS = {"detector": ("map", "map50"), "segmenter": ("miou", "thin_iou", "cldice", "boundary_f1", "recall_1_2px")}
 
 
 def _fmt(v, digits: int = 3) -> str:

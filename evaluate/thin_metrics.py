@@ -1,0 +1,113 @@
+"""Thin-structure metrics: what overall mIoU hides. For the classes named thin (wires, lanes, cracks):
+
+  cldice        centreline Dice (Shit et al. 2021): the predicted skeleton inside the truth and the true
+                skeleton inside the prediction; skeletons by scikit-image;
+  boundary_f1   F1 of boundary pixels matched within `tolerance` px (distance transform);
+  recall_<w>px  fraction of true pixels predicted as their class, bucketed by the local structure width
+                (1, 2, 3-4, 5-8, >8 px; width = 2 * distance-to-background at the nearest skeleton pixel - 1).
+
+Counts are summed over images, then divided: a dataset score, not a mean of per-image ratios.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import cv2
+import numpy as np
+from skimage.morphology import skeletonize
+
+from datasets.masks import IGNORE_INDEX
+
+WIDTH_BUCKETS = (("1px", 1, 1), ("2px", 2, 2), ("3_4px", 3, 4), ("5_8px", 5, 8), ("gt8px", 9, 10**6))
+
+
+def boundary(mask: np.ndarray) -> np.ndarray:
+    """Pixels of a binary mask that touch the background (4-neighbourhood)."""
+    m = mask.astype(np.uint8)
+    return (m - cv2.erode(m, np.ones((3, 3), np.uint8), borderType=cv2.BORDER_CONSTANT, borderValue=0)) > 0
+
+
+def _dist_to(mask: np.ndarray) -> np.ndarray:
+    """Distance (px) from every pixel to the nearest True pixel of mask (inf when mask is empty)."""
+    if not mask.any():
+        return np.full(mask.shape, np.inf, np.float32)
+    return cv2.distanceTransform((~mask).astype(np.uint8), cv2.DIST_L2, 5)
+
+
+def local_width(mask: np.ndarray) -> np.ndarray:
+    """Per true pixel: the structure's width there (px), from its nearest skeleton pixel; 0 elsewhere."""
+    if not mask.any():
+        return np.zeros(mask.shape, np.int32)
+    inside = cv2.distanceTransform(np.pad(mask, 1).astype(np.uint8), cv2.DIST_L2, 5)[1:-1, 1:-1]
+    skel = skeletonize(mask)
+    # nearest skeleton pixel for every pixel: labels of a distance transform to the skeleton
+    _, labels = cv2.distanceTransformWithLabels((~skel).astype(np.uint8), cv2.DIST_L2, 5,
+                                                labelType=cv2.DIST_LABEL_PIXEL)
+    ys, xs = np.nonzero(skel)
+    order = np.zeros(labels.max() + 1, np.float32)
+    order[labels[ys, xs]] = inside[ys, xs]
+    width = np.rint(2 * order[labels] - 1).clip(1).astype(np.int32)
+    return np.where(mask, width, 0)
+
+
+class ThinMeter:
+    """Accumulates cldice, boundary F1 and width-bucketed recall over images, per thin class."""
+
+    def __init__(self, class_names: Sequence[str], thin_classes: Sequence[str], tolerance: int = 2):
+        self.classes = [(c, class_names.index(c)) for c in thin_classes]
+        self.tol = tolerance
+        # per class: skel(p) in t, skel(p), skel(t) in p, skel(t), boundary(p), matched, boundary(t), matched
+        self.n = {c: np.zeros(8) for c, _ in self.classes}
+        self.width = {c: {b: [0, 0] for b, *_ in WIDTH_BUCKETS} for c, _ in self.classes}
+
+    def update(self, pred: np.ndarray, truth: np.ndarray) -> None:
+        valid = truth != IGNORE_INDEX
+        for name, k in self.classes:
+            p, t = (pred == k) & valid, (truth == k) & valid
+            sp, st = skeletonize(p), skeletonize(t)
+            bp, bt = boundary(p), boundary(t)
+            n = self.n[name]
+            n[0] += (sp & t).sum()
+            n[1] += sp.sum()
+            n[2] += (st & p).sum()
+            n[3] += st.sum()
+            n[4] += bp.sum()
+            n[5] += (bp & (_dist_to(bt) <= self.tol)).sum()
+            n[6] += bt.sum()
+            n[7] += (bt & (_dist_to(bp) <= self.tol)).sum()
+            w = local_width(t)
+            for b, lo, hi in WIDTH_BUCKETS:
+                sel = (w >= lo) & (w <= hi)
+                self.width[name][b][0] += int((sel & p).sum())
+                self.width[name][b][1] += int(sel.sum())
+
+    def compute(self) -> dict:
+        """Means over thin classes (classes without truth skipped) plus a per-class breakdown."""
+        per = {}
+        for name, _ in self.classes:
+            n = self.n[name]
+            tprec = n[0] / n[1] if n[1] else 0.0
+            tsens = n[2] / n[3] if n[3] else None
+            bprec = n[5] / n[4] if n[4] else 0.0
+            brec = n[7] / n[6] if n[6] else None
+            per[name] = {
+                "cldice": None if tsens is None else _f1(tprec, tsens),
+                "boundary_f1": None if brec is None else _f1(bprec, brec),
+                **{f"recall_{b}": (hit / tot if tot else None) for b, (hit, tot) in self.width[name].items()},
+            }
+        out = {k: _mean(v[k] for v in per.values()) for k in next(iter(per.values()), {})}
+        hit = sum(self.width[c][b][0] for c, _ in self.classes for b in ("1px", "2px"))
+        tot = sum(self.width[c][b][1] for c, _ in self.classes for b in ("1px", "2px"))
+        out["recall_1_2px"] = hit / tot if tot else None
+        out["thin"] = per
+        return out
+
+
+def _f1(p: float, r: float) -> float:
+    return 0.0 if p + r == 0 else float(2 * p * r / (p + r))
+
+
+def _mean(values) -> float | None:
+    v = [x for x in values if x is not None]
+    return float(np.mean(v)) if v else None
