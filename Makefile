@@ -13,7 +13,7 @@ GATE_ARGS ?=
 
 .DEFAULT_GOAL := help
 .PHONY: help setup data train export bench gate gate-selftest demo test lint clean distclean compare-ssdlite \
-	receptive-field
+	compare-lraspp train-seg receptive-field
 
 help: ## list the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-10s %s\n", $$1, $$2}'
@@ -49,6 +49,12 @@ demo: setup ## data + train + export + bench + gate on the synthetic dataset, sm
 
 compare-ssdlite: data ## train ours and torchvision SSDLite on the same budget -> runs/compare-ssdlite/results.json
 	$(PY) -m evaluate.compare_ssdlite --config $(CONFIG) --out runs/compare-ssdlite
+
+compare-lraspp: data ## train ours and torchvision LR-ASPP segmenters on the same budget -> runs/compare-lraspp/results.json
+	$(PY) -m evaluate.compare_lraspp --config $(CONFIG) --out runs/compare-lraspp$(if $(filter-out demo,$(NAME)),-$(NAME))
+
+train-seg: data ## train only the segmenter into $(RUN)
+	$(PY) -m train --config $(CONFIG) --out $(RUN) --task segmenter
 
 receptive-field: data ## per-level stride and receptive field of the detector vs the dataset's box sizes
 	$(PY) -m evaluate.receptive_field --config $(CONFIG)

@@ -48,6 +48,7 @@ class LossConfig:
     box_weight: float = 2.0  # detector: GIoU weight vs focal classification
     dice_weight: float = 1.0  # segmenter: soft Dice over non-background classes
     class_weights: list[float] | None = None  # segmenter: cross-entropy weight per class
+    cldice_weight: float = 0.0  # segmenter: soft clDice (centreline) weight; 0 = off
 
 
 @dataclass

@@ -150,7 +150,8 @@ def fit(kind: str, task: TaskConfig, cfg: ExperimentConfig, out_dir: Path, val_s
     if kind == "detector":
         criterion = DetectionLoss(*model.points(spec.input_size), len(names), task.loss.box_weight)
     else:
-        criterion = SegmentationLoss(len(names), task.loss.dice_weight, task.loss.class_weights)
+        criterion = SegmentationLoss(len(names), task.loss.dice_weight, task.loss.class_weights,
+                                 task.loss.cldice_weight)
     model, criterion = model.to(device), criterion.to(device)
     ema = ModelEMA(model, s.ema_decay) if s.ema_decay > 0 else None
     optimizer = build_optimizer(model, s.lr, s.weight_decay)

@@ -116,3 +116,24 @@ def test_per_class_thresholds_in_config_are_checked_and_aligned():
     assert PostprocessConfig().for_classes(["car"])["conf_thres"] == 0.05
     with pytest.raises(ConfigError, match="truck"):
         PostprocessConfig(class_conf_thres={"truck": 0.5}).for_classes(["car"])
+
+
+def test_soft_skeleton_thins_a_thick_line_and_cldice_loss_rewards_the_centreline():
+    from train.losses import SegmentationLoss, soft_skeleton
+
+    x = torch.zeros(1, 1, 32, 32)
+    x[..., 4:28, 12:19] = 1.0  # a 7 px wide bar
+    sk = soft_skeleton(x, iterations=5)
+    assert sk[..., 8:24, 15].min() > 0.9 and sk[..., 10:22, 12].max() < 0.1  # centre kept, edge removed
+    target = torch.zeros(1, 32, 32, dtype=torch.long)
+    target[:, 4:28, 15] = 1  # a 1 px wire
+    good = torch.full((1, 2, 32, 32), -8.0)
+    good[:, 0] = 8.0
+    good[:, 1, 4:28, 15], good[:, 0, 4:28, 15] = 8.0, -8.0
+    shifted = torch.roll(good, 3, dims=3)  # the wire 3 px off
+    loss = SegmentationLoss(2, cldice_weight=1.0)
+    lg, ls = loss(good, target), loss(shifted, target)
+    assert lg["cldice"] < 0.05 < 0.9 < ls["cldice"]
+    logits = torch.randn(2, 2, 32, 32, requires_grad=True)
+    loss(logits.half().float(), target.expand(2, -1, -1))["loss"].backward()
+    assert torch.isfinite(logits.grad).all()

@@ -1,0 +1,132 @@
+"""python -m evaluate.compare_lraspp --config configs/demo.yaml --out runs/compare-lraspp
+
+Trains our segmenter and torchvision's lraspp_mobilenet_v3_large (no weights) on the same data, input
+size, epoch budget, schedule, loss (cross-entropy + Dice with the config's class weights) and EMA; scores
+both with the same metrics (mIoU, thin IoU, clDice, boundary F1 at 2 px, recall by structure width) and
+times both with the same ONNX Runtime benchmark (fp32, batch 1, alternating rounds). Writes
+<out>/results.json as {"ours": {...}, "lraspp": {...}, "setup": {...}} and prints one table.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import torch
+from torch import nn
+from torch.utils.data import DataLoader
+from torchvision.models.segmentation import lraspp_mobilenet_v3_large
+
+from deploy.contract import Contract
+from deploy.preprocess import preprocess, read_image
+from deploy.runtime import OrtModel
+from evaluate.bench import interleaved_latency
+from evaluate.metrics import EvalSet
+from export.onnx_export import export_onnx
+from train.checkpoint import load_checkpoint, model_from_checkpoint
+from train.config import load_config
+from train.data import build_dataset
+from train.ema import ModelEMA
+from train.loop import build_optimizer, fit, model_cost, set_seed, torch_runner, train_one_epoch, warmup_cosine
+from train.losses import SegmentationLoss
+from train.models import InputNormalize
+
+KEYS = ("miou", "thin_iou", "cldice", "boundary_f1", "recall_1_2px")
+
+
+class LRASPPNet(nn.Module):
+    """torchvision LR-ASPP on uint8 input (ImageNet normalisation as its first layer, like ours)."""
+
+    def __init__(self, num_classes: int, channel_order: str):
+        super().__init__()
+        self.normalize = InputNormalize(channel_order)
+        self.net = lraspp_mobilenet_v3_large(weights=None, weights_backbone=None, num_classes=num_classes)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.net(self.normalize(x))["out"]  # (B, K, H, W)
+
+
+def train_lraspp(cfg) -> nn.Module:
+    task, s = cfg.segmenter, cfg.segmenter.train
+    set_seed(s.seed)
+    data = cfg.dataset()
+    train_set = build_dataset("segmenter", data, "train", task.preprocess_spec(), s.augment, s.cache_images)
+    model = LRASPPNet(len(data.segmentation.classes), task.channel_order)
+    loader = DataLoader(train_set, batch_size=s.batch_size, shuffle=True, drop_last=True,
+                        generator=torch.Generator().manual_seed(s.seed))
+    criterion = SegmentationLoss(len(data.segmentation.classes), task.loss.dice_weight, task.loss.class_weights,
+                                 task.loss.cldice_weight)
+    opt = build_optimizer(model, s.lr, s.weight_decay)
+    total = s.epochs * len(loader)
+    sched = torch.optim.lr_scheduler.LambdaLR(opt, warmup_cosine(min(s.warmup_iters, total // 2), total))
+    ema = ModelEMA(model, s.ema_decay) if s.ema_decay else None
+    for epoch in range(1, s.epochs + 1):
+        t0 = time.time()
+        losses = train_one_epoch(model, criterion, loader, opt, sched, epoch, s.grad_clip, torch.device("cpu"), ema)
+        print(f"  lraspp epoch {epoch}  loss {losses['loss']:.4g}  seconds {time.time() - t0:.1f}", flush=True)
+    return (ema.module if ema is not None else model).eval()
+
+
+def _runner(model: OrtModel, x):
+    return lambda: model.infer(x)
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = argparse.ArgumentParser(prog="python -m evaluate.compare_lraspp", description=__doc__,
+                                formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--config", default="configs/demo.yaml")
+    p.add_argument("--out", default="runs/compare-lraspp")
+    p.add_argument("--repeats", type=int, default=200)
+    args = p.parse_args(argv)
+    cfg = load_config(args.config)
+    if cfg.segmenter is None:
+        print(f"error: {args.config} has no segmenter section", file=sys.stderr)
+        return 2
+    out = Path(args.out)
+    task = cfg.segmenter
+    print(f"ours: training {task.train.epochs} epochs", flush=True)
+    fit("segmenter", task, cfg, out / "ours" / "segmenter")
+    ckpt = load_checkpoint(out / "ours" / "segmenter" / "best.pt")
+    models = {"ours": model_from_checkpoint(ckpt).eval()}
+    print(f"lraspp_mobilenet_v3_large: training {task.train.epochs} epochs", flush=True)
+    models["lraspp"] = train_lraspp(cfg)
+    spec = task.preprocess_spec()
+    ev = EvalSet("segmenter", cfg.dataset(), "val")
+    results = {}
+    for name, m in models.items():
+        with torch.no_grad():
+            r = ev.score(torch_runner(m), lambda im: preprocess(im, spec), {})
+        results[name] = {k: r.get(k) for k in KEYS}
+    x = preprocess(read_image(ev.images[0]), spec)[0][None]
+    with tempfile.TemporaryDirectory() as tmp:
+        dummy = Contract("segmenter", spec, ["x"], "compare", ["logits"])
+        paths = {n: export_onnx(m, dummy, Path(tmp) / f"{n}.onnx") for n, m in models.items()}
+        for threads in (1, 2):
+            runners = {n: _runner(OrtModel(pth, threads=threads), x) for n, pth in paths.items()}
+            for n, lat in interleaved_latency(runners, 10, args.repeats).items():
+                results[n].setdefault("latency_ms", {})[f"{threads}t"] = lat["p50"]
+        for n, m in models.items():
+            params, gflops = model_cost(m, tuple(task.input_size))
+            results[n].update(params=params, gflops=gflops, size_mb=os.path.getsize(paths[n]) / 2**20)
+    results["setup"] = {"config": args.config, "epochs": task.train.epochs, "input_size": list(task.input_size),
+                        "cores": os.cpu_count(), "split": "val", "loss": "cross-entropy + Dice, same weights"}
+    (out / "results.json").write_text(json.dumps(results, indent=2))
+    head = " ".join(f"{k:>12}" for k in KEYS)
+    print(f"\n{'model':<7} {head} {'ORT 1t ms':>10} {'ORT 2t ms':>10} {'params M':>9}")
+    for n in ("ours", "lraspp"):
+        r = results[n]
+        print(f"{n:<7} " + " ".join(f"{r[k]:>12.4f}" if r[k] is not None else f"{'-':>12}" for k in KEYS)
+              + f" {r['latency_ms']['1t']:>10.2f} {r['latency_ms']['2t']:>10.2f} {r['params'] / 1e6:>9.2f}")
+    o, lr = results["ours"], results["lraspp"]
+    print(f"latency ratio ours/lraspp: 1t {o['latency_ms']['1t'] / lr['latency_ms']['1t']:.2f}, "
+          f"2t {o['latency_ms']['2t'] / lr['latency_ms']['2t']:.2f}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
