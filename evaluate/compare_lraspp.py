@@ -95,6 +95,7 @@ def main(argv: list[str] | None = None) -> int:
     models = {"ours": model_from_checkpoint(ckpt).eval()}
     print(f"lraspp_mobilenet_v3_large: training {task.train.epochs} epochs", flush=True)
     models["lraspp"] = train_lraspp(cfg)
+    torch.save(models["lraspp"].state_dict(), out / "lraspp.pt")  # kept for re-scoring
     spec = task.preprocess_spec()
     ev = EvalSet("segmenter", cfg.dataset(), "val")
     results = {}

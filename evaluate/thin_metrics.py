@@ -83,7 +83,7 @@ class ThinMeter:
                 self.width[name][b][1] += int(sel.sum())
 
     def compute(self) -> dict:
-        """Means over thin classes (classes without truth skipped) plus a per-class breakdown."""
+        """Means over thin classes (classes without truth skipped), like thin IoU, plus a per-class breakdown."""
         per = {}
         for name, _ in self.classes:
             n = self.n[name]
@@ -96,10 +96,10 @@ class ThinMeter:
                 "boundary_f1": None if brec is None else _f1(bprec, brec),
                 **{f"recall_{b}": (hit / tot if tot else None) for b, (hit, tot) in self.width[name].items()},
             }
+            hit = sum(self.width[name][b][0] for b in ("1px", "2px"))
+            tot = sum(self.width[name][b][1] for b in ("1px", "2px"))
+            per[name]["recall_1_2px"] = hit / tot if tot else None
         out = {k: _mean(v[k] for v in per.values()) for k in next(iter(per.values()), {})}
-        hit = sum(self.width[c][b][0] for c, _ in self.classes for b in ("1px", "2px"))
-        tot = sum(self.width[c][b][1] for c, _ in self.classes for b in ("1px", "2px"))
-        out["recall_1_2px"] = hit / tot if tot else None
         out["thin"] = per
         return out
 
