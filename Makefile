@@ -13,7 +13,7 @@ GATE_ARGS ?=
 
 .DEFAULT_GOAL := help
 .PHONY: help setup data train export bench gate gate-selftest demo test lint clean distclean compare-ssdlite \
-	compare-lraspp train-seg receptive-field
+	compare-lraspp train-seg thin-diagnose receptive-field
 
 help: ## list the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-10s %s\n", $$1, $$2}'
@@ -52,6 +52,9 @@ compare-ssdlite: data ## train ours and torchvision SSDLite on the same budget -
 
 compare-lraspp: data ## train ours and torchvision LR-ASPP segmenters on the same budget -> runs/compare-lraspp/results.json
 	$(PY) -m evaluate.compare_lraspp --config $(CONFIG) --out runs/compare-lraspp$(if $(filter-out demo,$(NAME)),-$(NAME))
+
+thin-diagnose: setup ## why thin structures are missed: stride ceiling, label shift, width recall -> $(RUN)/thin_diagnose.json
+	$(PY) -m evaluate.thin_diagnose --run $(RUN)
 
 train-seg: data ## train only the segmenter into $(RUN)
 	$(PY) -m train --config $(CONFIG) --out $(RUN) --task segmenter
