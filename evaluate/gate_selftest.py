@@ -5,7 +5,7 @@ them, then runs the gate on the clean pipeline and on injected faults:
   preprocessing: RGB/BGR swap; C-style integer scale in the letterbox (a downscale becomes 1:1 and the
                  frame is cropped); nearest instead of bilinear resizing; letterbox padding at the
                  top-left instead of centred (the device still reports a centred letterbox);
-  quantization:  INT8 calibrated on blank (white) frames; a detection head quantized with nothing excluded:
+  quantization:  INT8 calibrated on blank mid-grey frames; a detection head quantized with nothing excluded:
                  output convolutions and the box decode in INT8, the class logits on the box coordinates'
                  8-bit scale (what a fused box+score output tensor gets: the classic all-zero-confidence
                  collapse; our separate logits/boxes outputs and float decode are what avoid it).
@@ -104,9 +104,11 @@ def fault_int8(run: Path, kind: str, scenario: str, work: Path) -> Path:
     fp32 = run / "export" / f"{kind}.onnx"
     out = work / f"{kind}.{scenario}.int8.onnx"
     contract = contract_from_checkpoint(ckpt)
-    if scenario == "blank_calibration":  # white frames: every activation range comes from a flat image
+    if scenario == "blank_calibration":  # every activation range comes from a flat frame
+        # mid-grey, not white or black: a saturated frame still drives the activations to their extremes,
+        # so on a weak segmenter white calibration cost only 2.2 thin-IoU points (grey: 19)
         blank = work / "blank.png"
-        cv2.imwrite(str(blank), np.full((240, 320, 3), 255, np.uint8))
+        cv2.imwrite(str(blank), np.full((240, 320, 3), 128, np.uint8))
         quantize_int8(fp32, out, contract, [blank] * 8, "minmax", target="cpu")
     else:  # nothing_excluded: output convs and the decode in int8, logits on the box coordinates' 8-bit scale
         calib = _calib(ckpt)
