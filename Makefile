@@ -10,10 +10,13 @@ NAME ?= $(basename $(notdir $(CONFIG)))
 RUN ?= runs/$(NAME)
 GATE ?= configs/gate.yaml
 GATE_ARGS ?=
+DOCKERFILES := docker/cpu/Dockerfile docker/deploy-cpu/Dockerfile docker/jetson/Dockerfile
+IMAGE_TAG ?= 0.1.0
 
 .DEFAULT_GOAL := help
 .PHONY: help setup data train export bench gate gate-selftest demo test lint clean distclean compare-ssdlite \
-	compare-lraspp train-seg thin-diagnose receptive-field
+	compare-lraspp train-seg thin-diagnose receptive-field robustness ablate-shift \
+	docker-cpu docker-deploy docker-jetson
 
 help: ## list the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-10s %s\n", $$1, $$2}'
@@ -56,19 +59,35 @@ compare-lraspp: data ## train ours and torchvision LR-ASPP segmenters on the sam
 thin-diagnose: setup ## why thin structures are missed: stride ceiling, label shift, width recall -> $(RUN)/thin_diagnose.json
 	$(PY) -m evaluate.thin_diagnose --run $(RUN)
 
+robustness: setup ## corruption suite (severities 1-5) and shifted splits per model -> $(RUN)/robustness/
+	$(PY) -m evaluate.robustness --run $(RUN)
+
+ablate-shift: data ## train with augment none vs shift on the same budget; clean vs shifted -> runs/ablate-shift/results.json
+	$(PY) -m evaluate.ablate_shift --config $(CONFIG) --out runs/ablate-shift$(if $(filter-out demo,$(NAME)),-$(NAME))
+
 train-seg: data ## train only the segmenter into $(RUN)
 	$(PY) -m train --config $(CONFIG) --out $(RUN) --task segmenter
 
 receptive-field: data ## per-level stride and receptive field of the detector vs the dataset's box sizes
 	$(PY) -m evaluate.receptive_field --config $(CONFIG)
 
-lint: setup ## ruff over the code
+lint: setup ## ruff over the code, hadolint over the Dockerfiles (fails on any finding above info)
 	$(PY) -m ruff check .
+	$(VENV)/bin/hadolint --failure-threshold warning $(DOCKERFILES)
 
 test: setup ## lint, the test suite, then the gate self-test
 	$(MAKE) --no-print-directory lint
 	$(PY) -m pytest
 	$(MAKE) --no-print-directory gate-selftest
+
+docker-cpu: ## build the workstation/CI image (x86-64): edge-vision/cpu
+	docker build -f docker/cpu/Dockerfile -t edge-vision/cpu:$(IMAGE_TAG) .
+
+docker-deploy: ## build the small ONNX Runtime field image: edge-vision/deploy-cpu
+	docker build -f docker/deploy-cpu/Dockerfile -t edge-vision/deploy-cpu:$(IMAGE_TAG) .
+
+docker-jetson: ## build the Jetson (JetPack 6, TensorRT) field image for linux/arm64: edge-vision/jetson
+	docker buildx build --platform linux/arm64 -f docker/jetson/Dockerfile -t edge-vision/jetson:$(IMAGE_TAG) --load .
 
 clean: ## remove outputs (runs/, data/)
 	rm -rf runs data .pytest_cache .ruff_cache

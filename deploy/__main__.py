@@ -1,10 +1,12 @@
 """python -m deploy run --model DET.onnx [--seg SEG.onnx] --source SRC [--out preds.jsonl] ...
 python -m deploy bench --model DET.onnx [--seg SEG.onnx] [--frames 300] [--size 1280x720] [--threads 1]
+python -m deploy health --heartbeat FILE [--max-age 30]
 
 The field runtime: numpy + OpenCV + ONNX Runtime only (never torch). SRC is an image folder, a video file,
 a camera index or an RTSP / GStreamer pipeline string. Per frame it writes one JSON line (frame id,
 timestamp, boxes with class names and scores, per-class thin-structure pixel counts, latency pre / infer /
-post per model) and at exit a summary (frames, FPS, p50 / p99 per stage). Corrupt frames are counted and
+post per model, and `drift`: the input drift score against the training statistics in the model's metadata,
+see deploy.drift) and at exit a summary (frames, FPS, p50 / p99 per stage, drift). Corrupt frames are counted and
 skipped; a live source that drops is reopened with backoff; SIGTERM / SIGINT stop after the current frame,
 flush and exit 0; the output file appears under its name only when complete (written as .part first).
 Exit code: 0 done, 2 could not start (model, contract or source), 3 a live source stayed down.
@@ -28,6 +30,7 @@ import onnxruntime as ort
 
 from deploy.capture import save_capture
 from deploy.contract import ContractError
+from deploy.drift import DriftMonitor
 from deploy.runtime import ModelLoadError, OrtModel
 from deploy.sources import Frame, SourceError, open_source
 
@@ -54,6 +57,13 @@ def get_args_parser() -> argparse.ArgumentParser:
     r.add_argument("--pipeline", action="store_true", help="read and preprocess the next frame in a thread "
                                                            "while the current one runs")
     r.add_argument("--max-reopen", type=int, default=10, help="reopen attempts for a live source that drops")
+    r.add_argument("--drift-window", type=int, default=100, help="frames in the drift monitor's rolling window")
+    r.add_argument("--drift-threshold", type=float, default=None,
+                   help="drift score (PSI) that raises a warning (default: the model's, 0.25)")
+    r.add_argument("--no-drift", action="store_true", help="skip the input drift monitor")
+    h = sub.add_parser("health", help="exit 0 if the heartbeat file is fresh (container health checks)")
+    h.add_argument("--heartbeat", required=True)
+    h.add_argument("--max-age", type=float, default=30.0, help="seconds")
     b = sub.add_parser("bench", help="per-stage latency from camera-sized frames to results")
     models(b)
     b.add_argument("--frames", type=int, default=300)
@@ -101,6 +111,18 @@ def load_models(args):
     return det, seg
 
 
+def drift_monitor(det, seg, window: int = 100, threshold: float | None = None) -> DriftMonitor | None:
+    """On the detector's input (else the segmenter's), with the training statistics from its metadata."""
+    for m in (det, seg):
+        if m is not None and m.contract.drift:
+            try:
+                return DriftMonitor(m.contract.drift, m.contract.preprocess.channel_order, window,
+                                    min_frames=min(30, window), threshold=threshold)
+            except ValueError as e:
+                raise ContractError(f"{m.path}: {e}") from None
+    return None
+
+
 def prepare_all(frame: Frame, det, seg) -> dict:
     """Each model's (tensor, letterbox, ms) for one frame: the step the pipeline thread runs ahead."""
     out = {}
@@ -132,7 +154,8 @@ def pipelined(source, det, seg, depth: int = 2):
         yield item
 
 
-def process(frame: Frame, det, seg, capture: Path | None = None, prepared: dict | None = None) -> dict:
+def process(frame: Frame, det, seg, capture: Path | None = None, prepared: dict | None = None,
+            drift: DriftMonitor | None = None) -> dict:
     """One frame through both models: the JSON record, with the per-stage latency in ms."""
     rec: dict = {"frame": frame.id, "source": frame.name, "timestamp": round(frame.timestamp, 3), "latency_ms": {}}
     prepared = prepared or prepare_all(frame, det, seg)
@@ -160,7 +183,12 @@ def process(frame: Frame, det, seg, capture: Path | None = None, prepared: dict 
             rec["thin_pixels"] = {n: int(k) for n, k in zip(m.contract.class_names, counts, strict=True)
                                   if n != "background"}
             rec["_mask"] = result
-    rec["drift"] = None  # input-statistics drift score: not in this release
+    rec["drift"] = None
+    if drift is not None:
+        t0 = time.perf_counter()
+        tensor, lb, _ = prepared["detector" if det is not None and det.contract.drift else "segmenter"]
+        rec["drift"] = drift.update(tensor, lb)
+        rec["latency_ms"]["drift"] = {"stats": round((time.perf_counter() - t0) * 1e3, 3)}
     return rec
 
 
@@ -195,6 +223,7 @@ def write_atomic(path: Path, text: str) -> None:
 
 def run(args: argparse.Namespace) -> int:
     det, seg = load_models(args)
+    drift = None if args.no_drift else drift_monitor(det, seg, args.drift_window, args.drift_threshold)
     source = open_source(args.source, max_reopen=args.max_reopen)
     stop = {"signal": None}
 
@@ -211,12 +240,22 @@ def run(args: argparse.Namespace) -> int:
     capture = Path(args.capture) if args.capture else None
     latencies: dict[str, list[float]] = {}
     done, t_start, last_beat, rc = 0, time.perf_counter(), 0.0, 0
+    drifting, drift_frames, drift_max = False, 0, None
     try:
         frames = pipelined(source, det, seg) if args.pipeline else ((f, None) for f in source)
         for frame, prepared in frames:
             t0 = time.perf_counter()
             cap = capture if capture is not None and frame.id % max(1, args.capture_every) == 0 else None
-            rec = process(frame, det, seg, cap, prepared)
+            rec = process(frame, det, seg, cap, prepared, drift)
+            d = rec["drift"]
+            if d and d["score"] is not None:
+                drift_max = max(drift_max or 0.0, d["score"])
+                drift_frames += d["warning"]
+                if d["warning"] and not drifting:  # once per crossing, not every frame
+                    print(f"warning: input drift at frame {frame.id}: {d['stat']} PSI {d['score']:.3f} > "
+                          f"{drift.threshold} over the last {d['frames']} frames; the inputs no longer look like "
+                          "the training data", file=sys.stderr)
+                drifting = d["warning"]
             if annotate_dir:
                 cv2.imwrite(str(annotate_dir / f"{frame.id:08d}.jpg"), annotate(frame.image, rec))
             rec.pop("_det", None)
@@ -242,6 +281,9 @@ def run(args: argparse.Namespace) -> int:
             out.close()
             os.replace(part, args.out)  # complete lines only, under the final name
     summary = summarize(latencies, done, time.perf_counter() - t_start, source.stats)
+    if drift is not None:
+        summary["drift"] = {"max_score": drift_max, "frames_over_threshold": drift_frames,
+                            "threshold": drift.threshold}
     if stop["signal"]:
         summary["stopped_by"] = stop["signal"]
     print("summary: " + json.dumps(summary), file=sys.stderr)
@@ -251,12 +293,13 @@ def run(args: argparse.Namespace) -> int:
 def bench(args: argparse.Namespace) -> int:
     """Camera-sized frames -> results, per stage: what a device's frame budget is spent on."""
     det, seg = load_models(args)
+    drift = drift_monitor(det, seg)
     w, h = (int(v) for v in args.size.lower().split("x"))
     rng = np.random.default_rng(0)
     base = cv2.GaussianBlur(rng.integers(0, 256, (h, w, 3), dtype=np.uint8), (0, 0), 3)  # image-like, not noise
     lat: dict[str, list[float]] = {}
     for i in range(args.frames + 20):
-        rec = process(Frame(i, str(i), time.time(), np.roll(base, i, axis=1)), det, seg)
+        rec = process(Frame(i, str(i), time.time(), np.roll(base, i, axis=1)), det, seg, drift=drift)
         if i < 20:  # warm-up
             continue
         for name, stages in rec["latency_ms"].items():
@@ -266,6 +309,10 @@ def bench(args: argparse.Namespace) -> int:
     total = 0.0
     for name, stages in lat.items():
         p50 = {s: float(np.median(v)) for s, v in stages.items()}
+        if name == "drift":
+            total += p50["stats"]
+            print(f"  drift monitor: {p50['stats']:.3f} ms (p50)")
+            continue
         frame = sum(p50.values())
         total += frame
         print(f"  {name}: pre {p50['pre']:.3f} ms, infer {p50['infer']:.3f} ms, post {p50['post']:.3f} ms (p50); "
@@ -274,8 +321,27 @@ def bench(args: argparse.Namespace) -> int:
     return 0
 
 
+def health(args: argparse.Namespace) -> int:
+    """0 when `run --heartbeat` rewrote the file within --max-age seconds, else 1 with the reason."""
+    path = Path(args.heartbeat)
+    try:
+        beat = json.loads(path.read_text())
+        age = time.time() - float(beat["time"])
+    except (OSError, ValueError, KeyError, TypeError) as e:
+        print(f"unhealthy: {path}: no readable heartbeat ({type(e).__name__}); is `deploy run --heartbeat` running?")
+        return 1
+    if age > args.max_age:
+        print(f"unhealthy: {path}: last heartbeat {age:.0f} s ago (> {args.max_age:.0f} s), "
+              f"{beat.get('frames')} frames")
+        return 1
+    print(f"healthy: heartbeat {age:.1f} s ago, {beat.get('frames')} frames")
+    return 0
+
+
 def main(argv: list[str] | None = None) -> int:
     args = get_args_parser().parse_args(argv)
+    if args.cmd == "health":
+        return health(args)
     try:
         return run(args) if args.cmd == "run" else bench(args)
     except (ModelLoadError, ContractError, SourceError, FileNotFoundError) as e:

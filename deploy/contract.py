@@ -30,6 +30,7 @@ class Contract:
     precision: str = "fp32"  # "fp32" | "int8"
     postprocess: dict = field(default_factory=dict)  # e.g. {"conf_thres": .., "iou_thres": ..}
     output_shapes: dict = field(default_factory=dict)  # name -> shape, "batch" where the axis is dynamic
+    drift: dict = field(default_factory=dict)  # training-set input statistics (deploy.drift); {} if none
 
     def to_metadata(self) -> dict[str, str]:
         values = {
@@ -42,6 +43,8 @@ class Contract:
             "postprocess": json.dumps(self.postprocess, sort_keys=True),
             "output_shapes": json.dumps(self.output_shapes),
         }
+        if self.drift:
+            values["drift"] = json.dumps(self.drift, separators=(",", ":"))
         return {PREFIX + k: v for k, v in values.items()}
 
     @classmethod
@@ -57,6 +60,7 @@ class Contract:
             outputs = json.loads(get("outputs"))
             post = json.loads(meta.get(PREFIX + "postprocess", "{}"))
             shapes = json.loads(meta.get(PREFIX + "output_shapes", "{}"))
+            drift = json.loads(meta.get(PREFIX + "drift", "{}"))
         except (ValueError, TypeError, KeyError) as e:
             raise ContractError(f"{source}: malformed contract metadata ({e}); {fix}") from None
         if get("task") not in TASKS:
@@ -75,4 +79,5 @@ class Contract:
             precision=meta.get(PREFIX + "precision", "fp32"),
             postprocess=post,
             output_shapes=shapes,
+            drift=drift,
         )

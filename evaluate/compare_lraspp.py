@@ -55,7 +55,8 @@ def train_lraspp(cfg) -> nn.Module:
     task, s = cfg.segmenter, cfg.segmenter.train
     set_seed(s.seed)
     data = cfg.dataset()
-    train_set = build_dataset("segmenter", data, "train", task.preprocess_spec(), s.augment, s.cache_images)
+    train_set = build_dataset("segmenter", data, "train", task.preprocess_spec(), s.augment, s.cache_images,
+                              s.augment_target)
     model = LRASPPNet(len(data.segmentation.classes), task.channel_order)
     loader = DataLoader(train_set, batch_size=s.batch_size, shuffle=True, drop_last=True,
                         generator=torch.Generator().manual_seed(s.seed))

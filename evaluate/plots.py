@@ -1,4 +1,5 @@
-"""Bench plots: latency vs accuracy per model (Pareto front marked) and the detector's precision-recall curve."""
+"""Plots: latency vs accuracy per model (Pareto front marked), the detector's precision-recall curve, and the
+robustness heat maps."""
 
 from __future__ import annotations
 
@@ -57,6 +58,38 @@ def plot_pr(curves: dict[str, np.ndarray], out: Path) -> Path:
     ax.legend(fontsize=8)
     fig.tight_layout()
     path = out / "detector_pr.png"
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+    return path
+
+
+def plot_robustness(kind: str, result: dict, path: Path) -> Path:
+    """Heat map of the relative drop vs clean (%): corruption x severity, then the shifted splits, per metric."""
+    metrics, sev = result["metrics"], [k for k in next(iter(result["corruptions"].values()), {}) if k.isdigit()]
+    rows = list(result["corruptions"]) + list(result["shifted"])
+    size = (2.5 + 0.8 * len(metrics) * (len(sev) + 1), 1.2 + 0.32 * len(rows))
+    fig, axes = plt.subplots(1, len(metrics), figsize=size, squeeze=False)
+    for ax, metric in zip(axes[0], metrics, strict=True):
+        clean = result["clean"][metric] or float("nan")  # a model that scores 0 clean has no relative drop
+        grid = np.full((len(rows), len(sev) + 1), np.nan)
+        for i, name in enumerate(rows):
+            r = result["corruptions"].get(name)
+            if r is not None:
+                grid[i, : len(sev)] = [100 * (clean - r[s][metric]) / clean for s in sev]
+                grid[i, -1] = 100 * (clean - r["mean"][metric]) / clean
+            else:  # a shifted split has one value: the mean column
+                grid[i, -1] = 100 * (clean - result["shifted"][name][metric]) / clean
+        top = float(np.nanmax(grid)) if np.isfinite(grid).any() else 0.0
+        im = ax.imshow(grid, cmap="Reds", vmin=0, vmax=max(10.0, top), aspect="auto")
+        for (i, j), v in np.ndenumerate(grid):
+            if np.isfinite(v):
+                ax.text(j, i, f"{int(round(v))}", ha="center", va="center", fontsize=7)
+        ax.set_xticks(range(len(sev) + 1), [*sev, "mean"], fontsize=8)
+        ax.set_yticks(range(len(rows)), rows, fontsize=8)
+        ax.set_xlabel("severity")
+        ax.set_title(f"{kind}: {metric} drop vs clean (%), clean {clean:.3f}", fontsize=9)
+        fig.colorbar(im, ax=ax, fraction=0.04)
+    fig.tight_layout()
     fig.savefig(path, dpi=120)
     plt.close(fig)
     return path

@@ -30,7 +30,7 @@ from export.quantize import INT8_FILES, file_mb, quantize_int8, sample_paths
 from export.sensitivity import sensitivity, to_markdown
 from train.checkpoint import CheckpointError, load_checkpoint, model_from_checkpoint
 from train.config import ExportConfig
-from train.data import build_dataset
+from train.data import build_dataset, image_paths
 from train.loop import BEST_METRIC
 
 PARITY_TOL = 1e-4  # max |torch - ORT| relative to the output's range
@@ -47,10 +47,7 @@ def get_args_parser() -> argparse.ArgumentParser:
 
 def training_images(ckpt: dict) -> list[Path]:
     data = load_dataset_config(ckpt["config"]["data"])
-    ds = build_dataset(ckpt["kind"], data, "train", PreprocessSpec.from_dict(ckpt["preprocess"]))
-    if ckpt["kind"] == "detector":
-        return [r.path for r in ds.coco.records]
-    return [img for img, _ in ds.pairs]
+    return image_paths(build_dataset(ckpt["kind"], data, "train", PreprocessSpec.from_dict(ckpt["preprocess"])))
 
 
 def sha256(path: Path) -> str:

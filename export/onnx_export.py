@@ -29,6 +29,7 @@ def contract_from_checkpoint(ckpt: dict, precision: str = "fp32") -> Contract:
         outputs=OUTPUT_NAMES[ckpt["kind"]],
         precision=precision,
         postprocess=dict(ckpt.get("postprocess") or {}),
+        drift=dict(ckpt.get("drift_reference") or {}),
     )
 
 

@@ -10,6 +10,7 @@ import typing
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
+from datasets.augment import parse_augment
 from datasets.config import DatasetConfig, load_dataset_config, read_yaml
 from deploy.preprocess import PreprocessSpec
 
@@ -36,7 +37,9 @@ class ScheduleConfig:
     warmup_iters: int = 50
     grad_clip: float = 10.0
     workers: int = 0
-    augment: str = "flip"  # none | flip
+    augment: str = "flip"  # datasets.augment presets joined by '+': none | flip | camera | lighting | weather
+    #                        | season | shift (= camera+lighting+weather+season)
+    augment_target: str | None = None  # folder of target-domain images: the season preset matches towards them
     seed: int = 0
     cache_images: bool = True  # keep decoded training images in memory
     ema_decay: float = 0.999  # 0 disables the weight EMA
@@ -147,4 +150,8 @@ def load_config(path: str | Path) -> ExperimentConfig:
     for task in (cfg.detector, cfg.segmenter):
         if task is not None:
             task.preprocess_spec()  # validates channel order, resize rule, sizes
+            try:
+                parse_augment(task.train.augment)
+            except ValueError as e:
+                raise ConfigError(f"{path}: {e}") from None
     return cfg

@@ -6,28 +6,18 @@ the tensor the runtime feeds the model.
 
 from __future__ import annotations
 
-import albumentations as A
+from pathlib import Path
+
 import numpy as np
 import torch
 from torch.utils.data import Dataset
 
+from datasets.augment import build_augment
 from datasets.coco import CocoDetection
 from datasets.config import DatasetConfig
 from datasets.masks import IGNORE_INDEX, read_mask, value_lut
+from deploy.drift import reference_from_tensors
 from deploy.preprocess import PreprocessSpec, boxes_to_input, preprocess, preprocess_mask, read_image
-
-
-def build_augment(name: str, task: str) -> A.Compose | None:
-    """Augmentation presets by name (box- and mask-safe). Geometry stays in source pixels."""
-    if name == "none":
-        return None
-    elif name == "flip":
-        transforms = [A.HorizontalFlip(p=0.5), A.RandomBrightnessContrast(0.15, 0.15, p=0.5)]
-    else:
-        raise ValueError(f"unknown augment preset {name!r} (none | flip)")
-    if task == "detector":
-        return A.Compose(transforms, bbox_params=A.BboxParams(format="pascal_voc", label_fields=["labels"]))
-    return A.Compose(transforms)
 
 
 class _ImageCache:
@@ -46,12 +36,12 @@ class DetectionDataset(Dataset):
     """-> (image (3, H, W) uint8, {"boxes": (M, 4) float32 input px, "labels": (M,) int64, "image_id"})."""
 
     def __init__(self, data: DatasetConfig, split: str, spec: PreprocessSpec, augment: str = "none",
-                 cache_images: bool = False):
+                 cache_images: bool = False, augment_target: str | None = None):
         s = data.detection_split(split)
         self.coco = CocoDetection(data.path(s.images), data.path(s.annotations))
         self.class_names = self.coco.class_names
         self.spec = spec
-        self.augment = build_augment(augment, "detector")
+        self.augment = build_augment(augment, "detector", augment_target)
         self.cache = _ImageCache(cache_images)
 
     def __len__(self) -> int:
@@ -85,12 +75,12 @@ class SegmentationDataset(Dataset):
     """-> (image (3, H, W) uint8, mask (H, W) int64 class index, IGNORE_INDEX on padding/unmapped)."""
 
     def __init__(self, data: DatasetConfig, split: str, spec: PreprocessSpec, augment: str = "none",
-                 cache_images: bool = False):
+                 cache_images: bool = False, augment_target: str | None = None):
         self.pairs = data.segmentation_pairs(split)
         self.class_names = list(data.segmentation.classes)
         self.lut = value_lut(data.segmentation)
         self.spec = spec
-        self.augment = build_augment(augment, "segmenter")
+        self.augment = build_augment(augment, "segmenter", augment_target)
         self.cache = _ImageCache(cache_images)
 
     def __len__(self) -> int:
@@ -113,10 +103,26 @@ def detection_collate(batch):
     return images, [b[1] for b in batch]
 
 
+def image_paths(ds: Dataset) -> list[Path]:
+    """The image files of a DetectionDataset or SegmentationDataset, in dataset order."""
+    if isinstance(ds, DetectionDataset):
+        return [r.path for r in ds.coco.records]
+    return [img for img, _ in ds.pairs]
+
+
+def drift_reference(ds: Dataset, spec: PreprocessSpec, max_images: int = 200) -> dict:
+    """Input statistics of the training images (un-augmented, through deploy.preprocess) for the runtime's
+    drift monitor; the export writes them into the ONNX metadata."""
+    paths = image_paths(ds)
+    step = max(1, len(paths) // max_images)
+    return reference_from_tensors((preprocess(read_image(p), spec) for p in paths[::step]), spec.channel_order)
+
+
 def build_dataset(kind: str, data: DatasetConfig, split: str, spec: PreprocessSpec, augment: str = "none",
-                  cache_images: bool = False) -> Dataset:
+                  cache_images: bool = False, augment_target: str | None = None) -> Dataset:
+    """`augment`: a datasets.augment preset spec ('none', 'flip', 'shift', 'flip+camera', ...)."""
     if kind == "detector":
-        return DetectionDataset(data, split, spec, augment, cache_images)
+        return DetectionDataset(data, split, spec, augment, cache_images, augment_target)
     elif kind == "segmenter":
-        return SegmentationDataset(data, split, spec, augment, cache_images)
+        return SegmentationDataset(data, split, spec, augment, cache_images, augment_target)
     raise ValueError(f"unknown task {kind!r}")

@@ -21,7 +21,7 @@ from evaluate.metrics import EvalSet
 from train import distributed
 from train.checkpoint import CheckpointError, check_compatible, load_checkpoint, save_checkpoint
 from train.config import ExperimentConfig, TaskConfig
-from train.data import build_dataset, detection_collate
+from train.data import build_dataset, detection_collate, drift_reference
 from train.ema import ModelEMA
 from train.losses import DetectionLoss, SegmentationLoss
 from train.models import build_model, count_params
@@ -128,7 +128,7 @@ def fit(kind: str, task: TaskConfig, cfg: ExperimentConfig, out_dir: Path, val_s
     if s.deterministic:
         torch.use_deterministic_algorithms(True, warn_only=True)
     data, spec = cfg.dataset(), task.preprocess_spec()
-    train_set = build_dataset(kind, data, "train", spec, s.augment, s.cache_images)
+    train_set = build_dataset(kind, data, "train", spec, s.augment, s.cache_images, s.augment_target)
     val = EvalSet(kind, data, val_split)  # labels and truth masks read once, not every epoch
     names = train_set.class_names
     m = task.model
@@ -164,6 +164,7 @@ def fit(kind: str, task: TaskConfig, cfg: ExperimentConfig, out_dir: Path, val_s
             "params": params, "gflops": gflops}
     if kind == "segmenter":
         meta["thin_classes"] = list(data.segmentation.thin_classes)
+    meta["drift_reference"] = drift_reference(train_set, spec)  # deploy.drift's reference statistics
     key, best, rows, start = BEST_METRIC[kind], None, [], 1
     if resume:
         ck = load_checkpoint(out_dir / "last.pt")

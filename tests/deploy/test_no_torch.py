@@ -8,7 +8,7 @@ REPO = Path(__file__).resolve().parents[2]
 def test_runtime_import_and_cli_do_not_import_torch():
     code = (
         "import sys, deploy, deploy.runtime, deploy.preprocess, deploy.postprocess, deploy.contract\n"
-        "import deploy.__main__, deploy.sources, deploy.capture\n"
+        "import deploy.__main__, deploy.sources, deploy.capture, deploy.drift\n"
         "assert 'torch' not in sys.modules, 'deploy imported torch'\n"
     )
     subprocess.run([sys.executable, "-c", code], cwd=REPO, check=True)
