@@ -97,7 +97,7 @@ def preset_transforms(name: str, with_references: bool = False) -> list[A.BasicT
             A.RandomSunFlare(flare_roi=(0, 0, 1, 0.4), src_radius=60, num_flare_circles_range=(3, 6), p=0.1),
         ]
     elif name == "weather":
-        # fog as haze (contrast lost towards a brighter airlight, denser towards the horizon), not A.RandomFog:
+        # fog as haze (contrast lost, a brighter airlight graded top to bottom), not A.RandomFog:
         # its final blur is min(H, W) / 30 px wide (9 px at 240x320) and wipes out 1-2 px structures
         haze = A.Sequential([
             A.RandomBrightnessContrast(brightness_limit=(0.05, 0.25), contrast_limit=(-0.5, -0.2), p=1),

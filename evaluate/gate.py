@@ -30,7 +30,7 @@ from deploy.contract import ContractError
 from deploy.preprocess import ImageReadError, PreprocessSpec, preprocess, read_image
 from deploy.runtime import ModelLoadError, OrtModel
 from evaluate import attribution as att
-from evaluate.bench import latency_ms
+from evaluate.bench import interleaved_latency
 from evaluate.metrics import EvalSet
 from evaluate.report import write_report
 from train.checkpoint import CheckpointError, load_checkpoint
@@ -96,8 +96,10 @@ def gate_model(kind: str, run: Path, limits: dict, split: str = "val", deployed_
         "worst_images": att.save_worst(ev, preds, out_dir),
     }
     x, _ = ref_fn(read_image(ev.images[0]))
-    int8_1t = OrtModel(int8.path, threads=1)
-    measured = {"cpu-1thread": latency_ms(lambda: int8_1t.infer(x[None]), warmup=5, repeats=30)["p50"]}
+    one = {name: OrtModel(m.path, threads=1) for name, m in (("fp32", fp32), ("int8", int8))}
+    lat = interleaved_latency({name: (lambda m=m: m.infer(x[None])) for name, m in one.items()}, warmup=5, repeats=50)
+    measured = {"cpu-1thread": lat["int8"]["p50"]}
+    speedup = {"cpu-1thread": lat["fp32"]["p50"] / lat["int8"]["p50"]}  # side by side: survives a busy machine
     size_mb = int8.path.stat().st_size / 2**20
     d = att.deltas(cells)
     checks = [check(kind, "quantization drop", d["quantization"], limits.get("max_quantization_drop"), "max",
@@ -117,7 +119,7 @@ def gate_model(kind: str, run: Path, limits: dict, split: str = "val", deployed_
                            "skipped": f"no {target} device here"})
     checks.append(check(kind, "int8 size MB", size_mb, limits.get("max_size_mb"), "max"))
     return {"metric": metric, "labels": labels, "cells": cells, "deltas": d, "evidence": evidence,
-            "latency_ms": measured, "size_mb": size_mb, "images": len(ev.images),
+            "latency_ms": measured, "speedup": speedup, "size_mb": size_mb, "images": len(ev.images),
             "checks": [c for c in checks if c["limit"] is not None]}
 
 
@@ -136,14 +138,20 @@ def blame(result: dict) -> str:
 
 
 def baseline_checks(kind: str, result: dict, base: dict | None, tol: dict) -> list[dict]:
-    """Regression against the committed baseline: accuracy, latency and size may not get worse than tol."""
+    """Regression against the committed baseline: accuracy, INT8 speed-up and size may not get worse than tol.
+
+    Speed is judged by the INT8 speed-up over fp32 timed side by side in this run, not by milliseconds: the
+    same demo models measured 1.6 / 2.7 ms (detector / segmenter INT8, 1 thread) on one day and 3.0 / 7.7 ms
+    on another on this project's shared 2-core machines, while their ratios moved far less.
+    """
     if not base or base.get("metric") != result["metric"]:
         return []
     out = [check(kind, f"baseline {result['metric']} (deployed int8, baseline {base['accuracy']:.4f})",
                  result["cells"]["deployed/int8"], base["accuracy"] - tol.get("accuracy", 0.01), "min")]
-    if "cpu-1thread" in base.get("latency_ms", {}):
-        out.append(check(kind, "baseline latency ms (cpu-1thread)", result["latency_ms"]["cpu-1thread"],
-                         base["latency_ms"]["cpu-1thread"] * tol.get("latency_ratio", 1.5), "max"))
+    if "cpu-1thread" in base.get("speedup", {}):
+        ref = base["speedup"]["cpu-1thread"]
+        out.append(check(kind, f"baseline int8 speed-up over fp32 (cpu-1thread, baseline {ref:.2f}x)",
+                         result["speedup"]["cpu-1thread"], ref * tol.get("speedup_ratio", 0.8), "min"))
     out.append(check(kind, "baseline size MB", result["size_mb"], base["size_mb"] * tol.get("size_ratio", 1.05), "max"))
     return out
 
@@ -195,7 +203,8 @@ def run_gate(args, cfg: dict) -> dict:
         if baseline_path is None:
             raise ValueError(f"{args.config}: no `baseline:` path to write")
         baselines[run.name] = {k: {"metric": m["metric"], "accuracy": m["cells"]["deployed/int8"],
-                                   "latency_ms": m["latency_ms"], "size_mb": m["size_mb"]} for k, m in models.items()}
+                                   "latency_ms": m["latency_ms"], "speedup": m["speedup"], "size_mb": m["size_mb"]}
+                              for k, m in models.items()}
         write_atomic(baseline_path, json.dumps(baselines, indent=2) + "\n")
         print(f"gate: baseline for {run.name} written to {baseline_path}; commit it to accept these figures")
     return gate

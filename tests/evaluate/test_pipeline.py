@@ -103,7 +103,7 @@ def test_gate_baseline_regression_and_update(tiny_run, tmp_path):
 
     cfg = yaml.safe_load(_gate_config(tmp_path).read_text())
     cfg["baseline"] = str(tmp_path / "baseline.json")
-    cfg["baseline_tolerance"] = {"accuracy": 0.01, "latency_ratio": 20, "size_ratio": 1.05}  # latency: busy CI
+    cfg["baseline_tolerance"] = {"accuracy": 0.01, "speedup_ratio": 0.0, "size_ratio": 1.05}  # speed: busy CI
     path = tmp_path / "gate.yaml"
     path.write_text(yaml.safe_dump(cfg))
     assert gate_main(["--run", str(tiny_run), "--config", str(path), "--update-baseline"]) == 0
@@ -115,6 +115,13 @@ def test_gate_baseline_regression_and_update(tiny_run, tmp_path):
     assert gate_main(["--run", str(tiny_run), "--config", str(path)]) == 1
     failed = {c["name"] for c in json.loads((tiny_run / "gate" / "gate.json").read_text())["checks"] if not c["passed"]}
     assert any("baseline map50" in n for n in failed) and "detector: baseline size MB" in failed
+    base["detector"]["speedup"]["cpu-1thread"] = 1e3  # an INT8 speed-up this run cannot reach
+    (tmp_path / "baseline.json").write_text(json.dumps({tiny_run.name: base}))
+    cfg["baseline_tolerance"]["speedup_ratio"] = 0.8
+    path.write_text(yaml.safe_dump(cfg))
+    assert gate_main(["--run", str(tiny_run), "--config", str(path)]) == 1
+    failed = {c["name"] for c in json.loads((tiny_run / "gate" / "gate.json").read_text())["checks"] if not c["passed"]}
+    assert any("baseline int8 speed-up" in n for n in failed)
 
 
 def test_gate_exit_code_two_when_it_cannot_run(tmp_path):
