@@ -20,6 +20,7 @@ from pathlib import Path
 import numpy as np
 
 from evaluate.robustness import METRICS, evaluate_model
+from train.checkpoint import load_checkpoint
 from train.config import ConfigError, load_config
 from train.loop import fit
 
@@ -47,6 +48,8 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--out", default="runs/ablate-shift")
     p.add_argument("--split", default="test", help="clean split; its shifted copies are <split>_<shift>")
     p.add_argument("--limit", type=int, default=None, help="score only the first N images of each split")
+    p.add_argument("--reuse", action="store_true",
+                   help="keep an arm's model already in --out when it was trained from the same config")
     args = p.parse_args(argv)
     try:
         base = load_config(args.config)
@@ -61,8 +64,12 @@ def main(argv: list[str] | None = None) -> int:
         results[arm] = {}
         for kind in kinds:
             task = getattr(cfg, kind)
-            print(f"{arm}: training the {kind}, {task.train.epochs} epochs", flush=True)
-            fit(kind, task, cfg, out / arm / kind)
+            best = out / arm / kind / "best.pt"
+            if args.reuse and best.is_file() and load_checkpoint(best)["config_hash"] == cfg.hash():
+                print(f"{arm}: reusing the {kind} in {best} (same config)", flush=True)
+            else:
+                print(f"{arm}: training the {kind}, {task.train.epochs} epochs", flush=True)
+                fit(kind, task, cfg, out / arm / kind)
             results[arm][kind] = arm_results(out / arm, kind, args.split, args.limit)
     summary = {kind: {m: {"clean_delta": round(results["shift"][kind]["clean"][m] - results["none"][kind]["clean"][m],
                                                4),
