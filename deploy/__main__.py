@@ -60,6 +60,8 @@ def get_args_parser() -> argparse.ArgumentParser:
     r.add_argument("--drift-window", type=int, default=100, help="frames in the drift monitor's rolling window")
     r.add_argument("--drift-threshold", type=float, default=None,
                    help="drift score (PSI) that raises a warning (default: the model's, 0.25)")
+    r.add_argument("--drift-every", type=int, default=4,
+                   help="frames between drift measurements (each costs about 0.6 ms on one x86 core at 320 px)")
     r.add_argument("--no-drift", action="store_true", help="skip the input drift monitor")
     h = sub.add_parser("health", help="exit 0 if the heartbeat file is fresh (container health checks)")
     h.add_argument("--heartbeat", required=True)
@@ -155,7 +157,7 @@ def pipelined(source, det, seg, depth: int = 2):
 
 
 def process(frame: Frame, det, seg, capture: Path | None = None, prepared: dict | None = None,
-            drift: DriftMonitor | None = None) -> dict:
+            drift: DriftMonitor | None = None, drift_every: int = 1) -> dict:
     """One frame through both models: the JSON record, with the per-stage latency in ms."""
     rec: dict = {"frame": frame.id, "source": frame.name, "timestamp": round(frame.timestamp, 3), "latency_ms": {}}
     prepared = prepared or prepare_all(frame, det, seg)
@@ -185,10 +187,12 @@ def process(frame: Frame, det, seg, capture: Path | None = None, prepared: dict 
             rec["_mask"] = result
     rec["drift"] = None
     if drift is not None:
-        t0 = time.perf_counter()
-        tensor, lb, _ = prepared["detector" if det is not None and det.contract.drift else "segmenter"]
-        rec["drift"] = drift.update(tensor, lb)
-        rec["latency_ms"]["drift"] = {"stats": round((time.perf_counter() - t0) * 1e3, 3)}
+        if frame.id % max(1, drift_every) == 0:  # sampled frames: the statistics cost more than pre + post
+            t0 = time.perf_counter()
+            tensor, lb, _ = prepared["detector" if det is not None and det.contract.drift else "segmenter"]
+            drift.update(tensor, lb)
+            rec["latency_ms"]["drift"] = {"stats": round((time.perf_counter() - t0) * 1e3, 3)}
+        rec["drift"] = drift.last
     return rec
 
 
@@ -246,7 +250,7 @@ def run(args: argparse.Namespace) -> int:
         for frame, prepared in frames:
             t0 = time.perf_counter()
             cap = capture if capture is not None and frame.id % max(1, args.capture_every) == 0 else None
-            rec = process(frame, det, seg, cap, prepared, drift)
+            rec = process(frame, det, seg, cap, prepared, drift, args.drift_every)
             d = rec["drift"]
             if d and d["score"] is not None:
                 drift_max = max(drift_max or 0.0, d["score"])
@@ -309,9 +313,8 @@ def bench(args: argparse.Namespace) -> int:
     total = 0.0
     for name, stages in lat.items():
         p50 = {s: float(np.median(v)) for s, v in stages.items()}
-        if name == "drift":
-            total += p50["stats"]
-            print(f"  drift monitor: {p50['stats']:.3f} ms (p50)")
+        if name == "drift":  # not in the total: `run` measures every --drift-every (4th) frame
+            print(f"  drift monitor: {p50['stats']:.3f} ms per measured frame (p50)")
             continue
         frame = sum(p50.values())
         total += frame

@@ -81,6 +81,7 @@ class DriftMonitor:
         self.window, self.min_frames = window, min_frames
         self.frames: deque[np.ndarray] = deque()
         self.total = np.zeros_like(self.expected)
+        self.last = self.score()  # the latest update()'s result, for frames between measurements
 
     def update(self, chw: np.ndarray, lb: Letterbox | None = None) -> dict:
         h = frame_histograms(chw, self.channel_order, lb)
@@ -88,7 +89,8 @@ class DriftMonitor:
         self.total += h
         if len(self.frames) > self.window:
             self.total -= self.frames.popleft()
-        return self.score()
+        self.last = self.score()
+        return self.last
 
     def score(self) -> dict:
         n = len(self.frames)

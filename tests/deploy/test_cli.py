@@ -53,6 +53,10 @@ def test_runs_on_an_image_folder_and_skips_corrupt_frames(tiny_run, tiny_data, t
     assert set(rows[0]["latency_ms"]["detector"]) == {"pre", "infer", "post"} and "timestamp" in rows[0]
     assert json.loads((tmp_path / "alive.json").read_text())["frames"] >= 1
     assert len(list((tmp_path / "ann").glob("*.jpg"))) == 4
+    # the drift monitor reads the training statistics from the ONNX metadata; 4 frames are too few to score
+    assert rows[-1]["drift"] == {"score": None, "stat": None, "warning": False, "frames": 1}  # --drift-every 4
+    assert s["drift"]["threshold"] == 0.25 and s["drift"]["max_score"] is None
+    assert deploy("health", "--heartbeat", tmp_path / "alive.json").returncode == 0
 
 
 def test_runs_on_a_video_file_and_captures_input_tensors(tiny_run, tmp_path):
