@@ -119,7 +119,7 @@ def drift_monitor(det, seg, window: int = 100, threshold: float | None = None) -
         if m is not None and m.contract.drift:
             try:
                 return DriftMonitor(m.contract.drift, m.contract.preprocess.channel_order, window,
-                                    min_frames=min(30, window), threshold=threshold)
+                                    min_frames=min(30, window), threshold=threshold, model=m.task)
             except ValueError as e:
                 raise ContractError(f"{m.path}: {e}") from None
     return None
@@ -189,7 +189,7 @@ def process(frame: Frame, det, seg, capture: Path | None = None, prepared: dict 
     if drift is not None:
         if frame.id % max(1, drift_every) == 0:  # sampled frames: the statistics cost more than pre + post
             t0 = time.perf_counter()
-            tensor, lb, _ = prepared["detector" if det is not None and det.contract.drift else "segmenter"]
+            tensor, lb, _ = prepared[drift.model]
             drift.update(tensor, lb)
             rec["latency_ms"]["drift"] = {"stats": round((time.perf_counter() - t0) * 1e3, 3)}
         rec["drift"] = drift.last

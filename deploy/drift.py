@@ -1,7 +1,7 @@
 """Input drift monitor: cheap per-frame statistics against the training set's, scored by PSI.
 
 Per frame, on the model's input tensor (what the network actually sees, so the figures do not depend on
-the camera's resolution) taken at every STRIDE-th pixel and without letterbox padding, four histograms:
+the camera's resolution) taken at every STRIDE-th pixel and without letterbox padding, five histograms:
   brightness  16 grey-level bins (brightness and contrast: low light, fog, over-exposure)
   b, g, r     16 bins per colour channel (white balance, colour casts, seasons)
   sharpness   16 log-spaced bins of the gradient magnitude (blur moves mass down, sensor noise up)
@@ -15,7 +15,6 @@ numpy and OpenCV only: this runs on the device.
 
 from __future__ import annotations
 
-import json
 from collections import deque
 from collections.abc import Iterable
 
@@ -70,13 +69,14 @@ class DriftMonitor:
     """Rolling-window PSI against the reference. update() -> {"score", "stat", "warning", "frames"}."""
 
     def __init__(self, reference: dict, channel_order: str, window: int = 100, min_frames: int = 10,
-                 threshold: float | None = None):
+                 threshold: float | None = None, model: str = "detector"):
         if reference.get("stats") != list(STATS) or reference.get("stride") != STRIDE:
             raise ValueError(f"drift reference has stats {reference.get('stats')} / stride "
                              f"{reference.get('stride')}, this runtime computes {list(STATS)} / {STRIDE}; "
                              "re-export the model")
         self.expected = np.asarray(reference["hist"], np.float64)
         self.channel_order = channel_order
+        self.model = model  # whose input tensor it watches (the runtime's prepared[model])
         self.threshold = float(threshold if threshold is not None else reference.get("threshold", DEFAULT_THRESHOLD))
         self.window, self.min_frames = window, min_frames
         self.frames: deque[np.ndarray] = deque()
@@ -101,6 +101,3 @@ class DriftMonitor:
         return {"score": round(float(per_stat[i]), 4), "stat": STATS[i],
                 "warning": bool(per_stat[i] > self.threshold), "frames": n}
 
-
-def reference_to_json(reference: dict) -> str:
-    return json.dumps(reference, separators=(",", ":"))

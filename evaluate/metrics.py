@@ -220,13 +220,14 @@ class EvalSet:
             return predict_detections(runner, self.coco, preprocess_fn, post, self.limit)
         return predict_masks(runner, self.pairs, preprocess_fn)
 
-    def score_predictions(self, preds, reference=None) -> dict:
-        """Against the labels, or against `reference` predictions (label-free agreement) when given."""
+    def score_predictions(self, preds, reference=None, thin_metrics: bool = True) -> dict:
+        """Against the labels, or against `reference` predictions (label-free agreement) when given.
+        `thin_metrics=False` skips clDice, boundary F1 and width recall (skeletons are the slow part)."""
         if self.kind == "detector":
             return coco_map(self.coco, preds) if reference is None else agreement_map(self.coco, reference, preds)
         truths = self.truths if reference is None else reference
-        return score_masks(preds, truths, self.seg.classes, self.seg.thin_classes)
+        return score_masks(preds, truths, self.seg.classes, self.seg.thin_classes, thin_metrics)
 
-    def score(self, runner: Runner, preprocess_fn: PreprocessFn, post: dict) -> dict:
-        return self.score_predictions(self.predict(runner, preprocess_fn, post))
+    def score(self, runner: Runner, preprocess_fn: PreprocessFn, post: dict, thin_metrics: bool = True) -> dict:
+        return self.score_predictions(self.predict(runner, preprocess_fn, post), thin_metrics=thin_metrics)
 

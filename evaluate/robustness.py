@@ -27,7 +27,7 @@ from datasets.config import DatasetError, load_dataset_config
 from deploy.contract import ContractError
 from deploy.preprocess import ImageReadError, PreprocessSpec, preprocess
 from deploy.runtime import ModelLoadError, OrtModel
-from evaluate.metrics import EvalSet, coco_map, score_masks
+from evaluate.metrics import EvalSet
 from evaluate.plots import plot_robustness
 from train.checkpoint import CheckpointError, load_checkpoint
 
@@ -102,11 +102,7 @@ def build_runner(kind: str, run: Path, model: str):
 
 
 def score(ev: EvalSet, runner, post: dict, prep) -> dict:
-    preds = ev.predict(runner, prep, post)
-    if ev.kind == "detector":
-        r = coco_map(ev.coco, preds)
-    else:
-        r = score_masks(preds, ev.truths, ev.seg.classes, ev.seg.thin_classes, thin_metrics=False)
+    r = ev.score(runner, prep, post, thin_metrics=False)
     return {k: round(float(r[k]), 4) for k in METRICS[ev.kind]}
 
 

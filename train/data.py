@@ -115,7 +115,8 @@ def drift_reference(ds: Dataset, spec: PreprocessSpec, max_images: int = 200) ->
     drift monitor; the export writes them into the ONNX metadata."""
     paths = image_paths(ds)
     step = max(1, len(paths) // max_images)
-    return reference_from_tensors((preprocess(read_image(p), spec) for p in paths[::step]), spec.channel_order)
+    tensors = (preprocess(ds.cache.get(p), spec) for p in paths[::step])  # cached: training reuses them
+    return reference_from_tensors(tensors, spec.channel_order)
 
 
 def build_dataset(kind: str, data: DatasetConfig, split: str, spec: PreprocessSpec, augment: str = "none",

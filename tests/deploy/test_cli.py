@@ -59,6 +59,19 @@ def test_runs_on_an_image_folder_and_skips_corrupt_frames(tiny_run, tiny_data, t
     assert deploy("health", "--heartbeat", tmp_path / "alive.json").returncode == 0
 
 
+def test_drift_over_the_threshold_warns_once_and_is_counted(tiny_run, tiny_data, tmp_path):
+    out = tmp_path / "preds.jsonl"
+    r = deploy("run", "--model", tiny_run / "export" / "detector.int8.onnx", "--source",
+               tiny_data.parent / "data" / "images" / "test_lowlight", "--out", out, "--drift-every", 1,
+               "--drift-window", 2, "--drift-threshold", 0)  # any PSI > 0 crosses it
+    assert r.returncode == 0, r.stderr
+    assert r.stderr.count("warning: input drift at frame") == 1  # once per crossing, not every frame
+    rows = [json.loads(line) for line in out.read_text().splitlines()]
+    assert rows[0]["drift"]["score"] is None and rows[-1]["drift"]["warning"] and rows[-1]["drift"]["frames"] == 2
+    s = summary(r.stderr)["drift"]
+    assert s["frames_over_threshold"] == len(rows) - 1 and s["max_score"] >= rows[-1]["drift"]["score"] > 0
+
+
 def test_runs_on_a_video_file_and_captures_input_tensors(tiny_run, tmp_path):
     video = tmp_path / "clip.avi"
     write_video(video, frames=30)
