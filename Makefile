@@ -10,6 +10,7 @@ NAME ?= $(basename $(notdir $(CONFIG)))
 RUN ?= runs/$(NAME)
 GATE ?= configs/gate.yaml
 GATE_ARGS ?=
+ABLATE_CONFIG ?= configs/ablate-shift.yaml
 DOCKERFILES := docker/cpu/Dockerfile docker/deploy-cpu/Dockerfile docker/jetson/Dockerfile
 IMAGE_TAG ?= 0.1.0
 
@@ -63,7 +64,7 @@ robustness: setup ## corruption suite (severities 1-5) and shifted splits per mo
 	$(PY) -m evaluate.robustness --run $(RUN)
 
 ablate-shift: data ## train with augment none vs shift on the same budget; clean vs shifted -> runs/ablate-shift/results.json
-	$(PY) -m evaluate.ablate_shift --config $(CONFIG) --out runs/ablate-shift$(if $(filter-out demo,$(NAME)),-$(NAME))
+	$(PY) -m evaluate.ablate_shift --config $(ABLATE_CONFIG) --out runs/ablate-shift $(ABLATE_ARGS)
 
 train-seg: data ## train only the segmenter into $(RUN)
 	$(PY) -m train --config $(CONFIG) --out $(RUN) --task segmenter

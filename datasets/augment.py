@@ -37,7 +37,7 @@ MAX_DISTORTION = 0.03  # lens distortion: the remap's resampling also softens 1 
 IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".bmp")
 MAX_REFERENCES = 64  # target-domain images held in memory for histogram matching / FDA
 HM_KEY, FDA_KEY = "hm_metadata", "fda_metadata"
-SHIFT_P = 0.5  # fraction of the samples that get the domain-shift presets at all (see build_augment)
+SHIFT_P = 0.5  # default fraction of the samples that get the domain-shift presets at all (train.shift_p)
 
 
 def parse_augment(spec: str) -> list[str]:
@@ -51,6 +51,13 @@ def parse_augment(spec: str) -> list[str]:
             if name != "none" and name not in names:
                 names.append(name)
     return names
+
+
+def without_shift(spec: str) -> str:
+    """`spec` with the domain-shift presets taken out ('flip+shift' -> 'flip', 'shift' -> 'none'): what the
+    last `train.shift_off_epochs` epochs train with."""
+    plain = [n for n in parse_augment(spec) if n not in SHIFT_PRESETS]
+    return "+".join(plain) or "none"
 
 
 def target_images(folder: str | Path | None) -> list[Path]:
@@ -142,12 +149,12 @@ class Augment:
         return out
 
 
-def build_augment(spec: str, task: str, target: str | Path | None = None) -> Augment | None:
+def build_augment(spec: str, task: str, target: str | Path | None = None, shift_p: float = SHIFT_P) -> Augment | None:
     """The training augmentation for `spec` ('none', 'flip', 'shift', 'flip+camera', ...), or None.
 
-    The domain-shift presets together apply to SHIFT_P of the samples; the rest keep the clean look, so the
-    model still sees the training domain as it is (all-shifted training cost the demo detector 3.3 mAP
-    points on the clean test split at the demo's 12 epochs).
+    The domain-shift presets together apply to a fraction `shift_p` of the samples; the rest keep the clean
+    look, so the model still sees the training domain as it is (all-shifted training cost the demo detector
+    3.3 mAP points on the clean test split at the demo's 12 epochs).
     """
     names = parse_augment(spec)
     if not names:
@@ -155,4 +162,4 @@ def build_augment(spec: str, task: str, target: str | Path | None = None) -> Aug
     refs = [_read_rgb(p) for p in target_images(target)[:MAX_REFERENCES]] if "season" in names else []
     plain = [t for n in names if n not in SHIFT_PRESETS for t in preset_transforms(n)]
     shift = [t for n in names if n in SHIFT_PRESETS for t in preset_transforms(n, bool(refs))]
-    return Augment(plain + ([A.Sequential(shift, p=SHIFT_P)] if shift else []), task, refs)
+    return Augment(plain + ([A.Sequential(shift, p=shift_p)] if shift else []), task, refs)

@@ -15,6 +15,7 @@ from torch import nn
 
 from deploy.contract import Contract
 from deploy.preprocess import PreprocessSpec
+from export.equalize import equalize
 
 OUTPUT_NAMES = {"detector": ["cls_logits", "boxes"], "segmenter": ["logits"]}
 INPUT_NAME = "images"
@@ -50,7 +51,8 @@ def save_atomic(model: onnx.ModelProto, path: str | Path) -> None:
 
 def export_onnx(model: nn.Module, contract: Contract, path: str | Path, opset: int = 18,
                 dynamic_batch: bool = False) -> Path:
-    """Export (B, 3, H, W) uint8 -> contract outputs. BN is folded and the graph simplified by onnxslim."""
+    """Export (B, 3, H, W) uint8 -> contract outputs. BN is folded and the graph simplified by onnxslim, then
+    conv pairs are cross-layer equalized (export.equalize: same function, INT8-friendlier weight ranges)."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     H, W = contract.preprocess.input_size
@@ -64,6 +66,7 @@ def export_onnx(model: nn.Module, contract: Contract, path: str | Path, opset: i
                           verbose=False)
     proto = onnxslim.slim(onnx.load(raw))  # constant folding, BN folding, dead-node removal
     raw.unlink()
+    equalize(proto)
     write_contract(proto, contract)
     onnx.checker.check_model(proto)
     save_atomic(proto, path)

@@ -1,18 +1,23 @@
 """Static INT8 QDQ with ONNX Runtime, calibrated on training images through the deploy preprocessing.
 
 Two files from one calibration reader, because the two runtimes want different graphs:
-  - target "tensorrt" (`<model>.int8-trt.onnx`): symmetric INT8 activations (zero point 0), per-channel
-    symmetric INT8 weights, float biases, Conv inputs only: what TensorRT's explicit quantization takes.
+  - target "tensorrt" (`<model>.int8-trt.onnx`): symmetric INT8 activations (zero point 0), symmetric
+    INT8 weights, float biases, Q/DQ on Conv inputs only (not on conv outputs: TensorRT fuses Conv+ReLU
+    and requantizes for the next conv, the placement NVIDIA's own QAT tools produce): what TensorRT's
+    explicit quantization takes.
     ONNX Runtime runs it too, but at half the fp32 speed on x86: with a zero point of 0 it cannot fold a
     ReLU into the conv before it, so every ReLU runs in float between a DequantizeLinear and a Quantize.
   - target "cpu" (`<model>.int8.onnx`, ONNX Runtime on x86 and phone CPUs): UINT8 activations with
-    calibrated zero points (ReLUs fold away), per-channel symmetric INT8 weights, every QDQ-capable op
+    calibrated zero points (ReLUs fold away), symmetric INT8 weights, every QDQ-capable op
     quantized so ONNX Runtime keeps whole chains in NHWC int8, the output convs included (calibrated
     zero points keep the logits' range; on the demo detector mAP 0.4667 vs fp32 0.4654, and 0.1 ms less
     than running them in float). The decode after the output convs stays float. For the minimal
     backbones (x/255 input, see train.models.UnitInput) the input quantizer is fixed at scale 1/255, zero
     point 0, and the Cast/Mul/Quantize in front of the stem are replaced by the uint8 frame itself.
 The TensorRT file keeps the output convs float: symmetric int8 logits collapse scores.
+Weights take one scale per output channel, or one per tensor where that loses little in every channel
+(export.equalize.per_tensor_weights; the fp32 export is cross-layer equalized so that most convs qualify):
+a per-channel scale costs 4 bytes, against 9 INT8 weights in a 3x3 depthwise channel.
 """
 
 from __future__ import annotations
@@ -38,9 +43,13 @@ from onnxruntime.quantization.shape_inference import quant_pre_process
 
 from deploy.contract import Contract
 from deploy.preprocess import PreprocessSpec, preprocess, read_image
+from export.equalize import per_tensor_weights
 from export.onnx_export import save_atomic, write_contract
 
 TARGETS = ("cpu", "tensorrt")
+# attribute values ONNX assumes when absent: written out by the exporter, they are 100-200 bytes a node
+DEFAULT_ATTRIBUTES = {"Conv": {"auto_pad": b"NOTSET", "dilations": [1, 1], "group": 1, "pads": [0, 0, 0, 0],
+                               "strides": [1, 1]}}
 INT8_FILES = {"cpu": "{kind}.int8.onnx", "tensorrt": "{kind}.int8-trt.onnx"}
 CALIB_METHODS = {
     "minmax": CalibrationMethod.MinMax,
@@ -163,9 +172,10 @@ def compact(model: onnx.ModelProto, float_model: onnx.ModelProto) -> None:
     """Same graph, smaller file: per-channel overhead and quantizer-made names are most of a small model.
 
     - drops all-zero INT8 weight zero points (DequantizeLinear's zero point is optional, default 0);
-    - short names for nodes and for the tensors the quantizer made (weights, scales, Q outputs), keeping the
-      float model's activation names and their `_DequantizeLinear_Output` tensors, which
-      `qdq_loss_debug` matches on;
+    - no node names (optional in ONNX) and no Conv attributes at their default values;
+    - short names for the tensors the quantizer made (weights, scales, Q outputs), keeping the float
+      model's activation names and their `_DequantizeLinear_Output` tensors, which `qdq_loss_debug`
+      matches on;
     - drops value_info (shape hints ONNX Runtime and TensorRT infer again) and unused initialisers.
     """
     g = model.graph
@@ -182,8 +192,12 @@ def compact(model: onnx.ModelProto, float_model: onnx.ModelProto) -> None:
     for t in [t for n in g.node for t in (*n.input, *n.output)]:
         if t and t not in keep and t not in rename:
             rename[t] = f"q{len(rename)}"
-    for i, n in enumerate(g.node):
-        n.name = f"n{i}"
+    for n in g.node:
+        n.name = ""  # optional in ONNX; nothing downstream reads the INT8 file's node names
+        default = DEFAULT_ATTRIBUTES.get(n.op_type, {})
+        attrs = [a for a in n.attribute if not (a.name in default and helper.get_attribute_value(a) == default[a.name])]
+        del n.attribute[:]
+        n.attribute.extend(attrs)
         n.input[:] = [rename.get(t, t) for t in n.input]
         n.output[:] = [rename.get(t, t) for t in n.output]
     used = {t for n in g.node for t in n.input}
@@ -216,14 +230,18 @@ def quantize_int8(fp32_path: str | Path, int8_path: str | Path, contract: Contra
         exclude = output_convs(fp32) if target == "tensorrt" else []
     excluded = sorted(set(exclude))
     input_name = fp32.graph.input[0].name
-    if target == "tensorrt":  # symmetric int8 everywhere and float bias: TensorRT's explicit quantization
-        options = {"ActivationSymmetric": True, "WeightSymmetric": True, "QuantizeBias": False}
+    # one weight scale for the convs that lose little by it (export.equalize made most of them so)
+    per_tensor = {w: [{"symmetric": True}] for w in per_tensor_weights(fp32)}
+    if target == "tensorrt":  # symmetric int8 everywhere and float bias: TensorRT's explicit quantization;
+        # Q/DQ on conv inputs only (TensorRT fuses Conv+ReLU and quantizes the ReLU output for the next conv)
+        options = {"ActivationSymmetric": True, "WeightSymmetric": True, "QuantizeBias": False,
+                   "OpTypesToExcludeOutputQuantization": ["Conv"], "TensorQuantOverrides": per_tensor}
         act, op_types, skip = QuantType.QInt8, ["Conv"], excluded
     else:
         options = {"WeightSymmetric": True, "QuantizeBias": False}
         act, op_types, skip = QuantType.QUInt8, None, excluded + (float_tail(fp32) if float_decode else [])
         unit = unit_input_tensor(fp32)
-        options["TensorQuantOverrides"] = dict(overrides or {})
+        options["TensorQuantOverrides"] = {**per_tensor, **dict(overrides or {})}
         if unit:
             options["TensorQuantOverrides"][unit] = [{"scale": np.array(1 / 255, np.float32),
                                                       "zero_point": np.array(0, np.uint8)}]

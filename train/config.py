@@ -10,7 +10,7 @@ import typing
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
-from datasets.augment import parse_augment
+from datasets.augment import SHIFT_P, parse_augment
 from datasets.config import DatasetConfig, load_dataset_config, read_yaml
 from deploy.preprocess import PreprocessSpec
 
@@ -40,6 +40,8 @@ class ScheduleConfig:
     augment: str = "flip"  # datasets.augment presets joined by '+': none | flip | camera | lighting | weather
     #                        | season | shift (= camera+lighting+weather+season)
     augment_target: str | None = None  # folder of target-domain images: the season preset matches towards them
+    shift_p: float = SHIFT_P  # fraction of the samples that get the domain-shift presets (the rest stay clean)
+    shift_off_epochs: int = 0  # the last N epochs train without the domain-shift presets (cf. YOLO close_mosaic)
     seed: int = 0
     cache_images: bool = True  # keep decoded training images in memory
     ema_decay: float = 0.999  # 0 disables the weight EMA
@@ -154,4 +156,8 @@ def load_config(path: str | Path) -> ExperimentConfig:
                 parse_augment(task.train.augment)
             except ValueError as e:
                 raise ConfigError(f"{path}: {e}") from None
+            s = task.train
+            if not 0.0 <= s.shift_p <= 1.0 or not 0 <= s.shift_off_epochs <= s.epochs:
+                raise ConfigError(f"{path}: train.shift_p must be in [0, 1] and train.shift_off_epochs in "
+                                  f"[0, epochs]; got {s.shift_p} and {s.shift_off_epochs}")
     return cfg

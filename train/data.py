@@ -12,7 +12,7 @@ import numpy as np
 import torch
 from torch.utils.data import Dataset
 
-from datasets.augment import build_augment
+from datasets.augment import SHIFT_P, build_augment
 from datasets.coco import CocoDetection
 from datasets.config import DatasetConfig
 from datasets.masks import IGNORE_INDEX, read_mask, value_lut
@@ -36,12 +36,12 @@ class DetectionDataset(Dataset):
     """-> (image (3, H, W) uint8, {"boxes": (M, 4) float32 input px, "labels": (M,) int64, "image_id"})."""
 
     def __init__(self, data: DatasetConfig, split: str, spec: PreprocessSpec, augment: str = "none",
-                 cache_images: bool = False, augment_target: str | None = None):
+                 cache_images: bool = False, augment_target: str | None = None, shift_p: float = SHIFT_P):
         s = data.detection_split(split)
         self.coco = CocoDetection(data.path(s.images), data.path(s.annotations))
         self.class_names = self.coco.class_names
         self.spec = spec
-        self.augment = build_augment(augment, "detector", augment_target)
+        self.augment = build_augment(augment, "detector", augment_target, shift_p)
         self.cache = _ImageCache(cache_images)
 
     def __len__(self) -> int:
@@ -75,12 +75,12 @@ class SegmentationDataset(Dataset):
     """-> (image (3, H, W) uint8, mask (H, W) int64 class index, IGNORE_INDEX on padding/unmapped)."""
 
     def __init__(self, data: DatasetConfig, split: str, spec: PreprocessSpec, augment: str = "none",
-                 cache_images: bool = False, augment_target: str | None = None):
+                 cache_images: bool = False, augment_target: str | None = None, shift_p: float = SHIFT_P):
         self.pairs = data.segmentation_pairs(split)
         self.class_names = list(data.segmentation.classes)
         self.lut = value_lut(data.segmentation)
         self.spec = spec
-        self.augment = build_augment(augment, "segmenter", augment_target)
+        self.augment = build_augment(augment, "segmenter", augment_target, shift_p)
         self.cache = _ImageCache(cache_images)
 
     def __len__(self) -> int:
@@ -120,10 +120,11 @@ def drift_reference(ds: Dataset, spec: PreprocessSpec, max_images: int = 200) ->
 
 
 def build_dataset(kind: str, data: DatasetConfig, split: str, spec: PreprocessSpec, augment: str = "none",
-                  cache_images: bool = False, augment_target: str | None = None) -> Dataset:
+                  cache_images: bool = False, augment_target: str | None = None,
+                  shift_p: float = SHIFT_P) -> Dataset:
     """`augment`: a datasets.augment preset spec ('none', 'flip', 'shift', 'flip+camera', ...)."""
     if kind == "detector":
-        return DetectionDataset(data, split, spec, augment, cache_images, augment_target)
+        return DetectionDataset(data, split, spec, augment, cache_images, augment_target, shift_p)
     elif kind == "segmenter":
-        return SegmentationDataset(data, split, spec, augment, cache_images, augment_target)
+        return SegmentationDataset(data, split, spec, augment, cache_images, augment_target, shift_p)
     raise ValueError(f"unknown task {kind!r}")

@@ -16,6 +16,7 @@ from torch.utils.data import DataLoader, DistributedSampler
 from torch.utils.flop_counter import FlopCounterMode
 from tqdm import tqdm
 
+from datasets.augment import build_augment, without_shift
 from deploy.preprocess import PreprocessSpec, preprocess
 from evaluate.metrics import EvalSet
 from train import distributed
@@ -128,7 +129,7 @@ def fit(kind: str, task: TaskConfig, cfg: ExperimentConfig, out_dir: Path, val_s
     if s.deterministic:
         torch.use_deterministic_algorithms(True, warn_only=True)
     data, spec = cfg.dataset(), task.preprocess_spec()
-    train_set = build_dataset(kind, data, "train", spec, s.augment, s.cache_images, s.augment_target)
+    train_set = build_dataset(kind, data, "train", spec, s.augment, s.cache_images, s.augment_target, s.shift_p)
     val = EvalSet(kind, data, val_split)  # labels and truth masks read once, not every epoch
     names = train_set.class_names
     m = task.model
@@ -194,6 +195,12 @@ def fit(kind: str, task: TaskConfig, cfg: ExperimentConfig, out_dir: Path, val_s
         torch.manual_seed(s.seed * 1000 + epoch)
         if sampler is not None:
             sampler.set_epoch(epoch)
+        if epoch == max(start, s.epochs - s.shift_off_epochs + 1) and without_shift(s.augment) != s.augment:
+            # the closing epochs see the training domain only (a resumed run lands here as well)
+            train_set.augment = build_augment(without_shift(s.augment), kind, s.augment_target, s.shift_p)
+            if rank == 0:
+                print(f"  epochs {epoch}-{s.epochs}: augment {without_shift(s.augment)!r} (shift presets off)",
+                      flush=True)
         if getattr(train_set, "augment", None) is not None:
             train_set.augment.set_random_seed(s.seed * 1000 + epoch + 7919 * rank)
         losses = train_one_epoch(model, criterion, loader, optimizer, scheduler, epoch, s.grad_clip, device,

@@ -9,7 +9,7 @@ import cv2
 import numpy as np
 import pytest
 
-from datasets.augment import PRESETS, Augment, build_augment, parse_augment, preset_transforms
+from datasets.augment import PRESETS, Augment, build_augment, parse_augment, preset_transforms, without_shift
 from datasets.synthetic import make_scene
 
 SCENES = [make_scene(0, "train", i) for i in range(6)]  # (BGR image, class mask, boxes, labels)
@@ -51,6 +51,28 @@ def test_a_config_with_an_unknown_preset_is_refused(tmp_path, tiny_data):
     cfg = tmp_path / "bad.yaml"
     cfg.write_text(f"name: bad\ndata: {tiny_data}\nsegmenter:\n  train: {{augment: flip+sunshine}}\n")
     with pytest.raises(ConfigError, match="sunshine"):
+        load_config(cfg)
+
+
+def test_shift_p_sets_the_share_of_shifted_samples_and_closing_epochs_drop_the_presets(tmp_path, tiny_data, capsys):
+    from train.config import ConfigError, load_config
+    from train.loop import fit
+
+    img, mask, *_ = SCENES[0]
+    for p, share in ((0.0, 0.0), (1.0, 1.0)):
+        aug = build_augment("shift", "segmenter", shift_p=p)
+        aug.set_random_seed(3)
+        changed = [not np.array_equal(aug(image=img, mask=mask)["image"], img) for _ in range(20)]
+        assert np.mean(changed) == pytest.approx(share, abs=0.15)  # a shifted draw can leave the image as it is
+    assert without_shift("flip+shift") == "flip" and without_shift("shift") == "none"
+    cfg = tmp_path / "c.yaml"
+    sched = "{epochs: 2, batch_size: 4, warmup_iters: 2, augment: flip+shift, shift_off_epochs: 1}"
+    cfg.write_text(f"name: c\ndata: {tiny_data}\nsegmenter:\n  input_size: [64, 96]\n  train: {sched}\n")
+    c = load_config(cfg)
+    fit("segmenter", c.segmenter, c, tmp_path / "run")
+    assert "epochs 2-2: augment 'flip' (shift presets off)" in capsys.readouterr().out
+    cfg.write_text(f"name: c\ndata: {tiny_data}\nsegmenter:\n  train: {{epochs: 2, shift_off_epochs: 3}}\n")
+    with pytest.raises(ConfigError, match="shift_off_epochs"):
         load_config(cfg)
 
 
