@@ -19,6 +19,7 @@ from pathlib import Path
 
 import numpy as np
 
+from datasets.augment import SHIFT_P, without_shift
 from evaluate.robustness import METRICS, evaluate_model
 from train.checkpoint import load_checkpoint
 from train.config import ConfigError, load_config
@@ -28,8 +29,10 @@ ARMS = ("none", "shift")
 
 
 def with_augment(cfg, augment: str):
-    """The same experiment with every task's train.augment replaced."""
-    tasks = {k: dataclasses.replace(t, train=dataclasses.replace(t.train, augment=augment))
+    """The same experiment with every task's train.augment replaced. Without shift presets the shift settings
+    do nothing, so the 'none' arm takes their defaults: its config hash (and --reuse) ignores them."""
+    plain = {"shift_p": SHIFT_P, "shift_off_epochs": 0} if without_shift(augment) == augment else {}
+    tasks = {k: dataclasses.replace(t, train=dataclasses.replace(t.train, augment=augment, **plain))
              for k in ("detector", "segmenter") if (t := getattr(cfg, k)) is not None}
     return dataclasses.replace(cfg, **tasks)
 
