@@ -4,7 +4,7 @@ Does domain-shift augmentation pay? Trains the config's detector and segmenter t
 (epochs, schedule, seed): with `train.augment: none` and with `shift` (the camera, lighting, weather and
 season presets of datasets.augment), then scores both on the clean test split and on its domain-shifted
 copies (test_lowlight, test_fog, ...) through the deploy preprocessing. Prints clean and shifted accuracy
-side by side and writes <out>/results.json:
+side by side and writes <out>/results.json (with --seeds N, means over N seeds and "per_seed" lists):
   {"none": {"detector": {"clean": {..}, "shifted": {split: {..}}, "shifted_mean": {..}}, "segmenter": ..},
    "shift": {...}, "summary": {model: {metric: {"clean_delta", "shifted_delta"}}}, "setup": {...}}
 """
@@ -37,6 +37,25 @@ def with_augment(cfg, augment: str):
     return dataclasses.replace(cfg, **tasks)
 
 
+def with_seed(cfg, offset: int):
+    """The same experiment with every task's train.seed moved by `offset` (0: unchanged, same config hash)."""
+    if offset == 0:
+        return cfg
+    tasks = {k: dataclasses.replace(t, train=dataclasses.replace(t.train, seed=t.train.seed + offset))
+             for k in ("detector", "segmenter") if (t := getattr(cfg, k)) is not None}
+    return dataclasses.replace(cfg, **tasks)
+
+
+def mean_results(per_seed: list[dict]) -> dict:
+    """Metric-wise means of arm_results over seeds (same structure)."""
+    def avg(dicts):
+        return {m: round(float(np.mean([d[m] for d in dicts])), 4) for m in dicts[0]}
+    first = per_seed[0]
+    return {"clean": avg([r["clean"] for r in per_seed]),
+            "shifted": {sp: avg([r["shifted"][sp] for r in per_seed]) for sp in first["shifted"]},
+            "shifted_mean": avg([r["shifted_mean"] for r in per_seed]) if first["shifted_mean"] else {}}
+
+
 def arm_results(run: Path, kind: str, split: str, limit: int | None) -> dict:
     r = evaluate_model(kind, run, "torch", split, limit, corruptions=())
     shifted = {sp: {k: v for k, v in m.items() if k != "drop"} for sp, m in r["shifted"].items()}
@@ -51,6 +70,8 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--out", default="runs/ablate-shift")
     p.add_argument("--split", default="test", help="clean split; its shifted copies are <split>_<shift>")
     p.add_argument("--limit", type=int, default=None, help="score only the first N images of each split")
+    p.add_argument("--seeds", type=int, default=1,
+                   help="train each arm with seeds seed..seed+N-1 (runs <arm>-seed<k>/) and report the means")
     p.add_argument("--reuse", action="store_true",
                    help="keep an arm's model already in --out when it was trained from the same config")
     args = p.parse_args(argv)
@@ -63,24 +84,27 @@ def main(argv: list[str] | None = None) -> int:
     kinds = [k for k in ("detector", "segmenter") if getattr(base, k) is not None]
     results: dict = {}
     for arm in ARMS:
-        cfg = with_augment(base, arm)
         results[arm] = {}
         for kind in kinds:
-            task = getattr(cfg, kind)
-            best = out / arm / kind / "best.pt"
-            if args.reuse and best.is_file() and load_checkpoint(best)["config_hash"] == cfg.hash():
-                print(f"{arm}: reusing the {kind} in {best} (same config)", flush=True)
-            else:
-                print(f"{arm}: training the {kind}, {task.train.epochs} epochs", flush=True)
-                fit(kind, task, cfg, out / arm / kind)
-            results[arm][kind] = arm_results(out / arm, kind, args.split, args.limit)
+            per_seed = []
+            for k in range(args.seeds):
+                cfg = with_seed(with_augment(base, arm), k)
+                task, run = getattr(cfg, kind), out / (arm if k == 0 else f"{arm}-seed{k}")
+                best = run / kind / "best.pt"
+                if args.reuse and best.is_file() and load_checkpoint(best)["config_hash"] == cfg.hash():
+                    print(f"{arm}: reusing the {kind} in {best} (same config)", flush=True)
+                else:
+                    print(f"{arm}: training the {kind}, {task.train.epochs} epochs, seed {task.train.seed}", flush=True)
+                    fit(kind, task, cfg, run / kind)
+                per_seed.append(arm_results(run, kind, args.split, args.limit))
+            results[arm][kind] = {**mean_results(per_seed), "per_seed": per_seed} if args.seeds > 1 else per_seed[0]
     summary = {kind: {m: {"clean_delta": round(results["shift"][kind]["clean"][m] - results["none"][kind]["clean"][m],
                                                4),
                           "shifted_delta": round(results["shift"][kind]["shifted_mean"][m]
                                                  - results["none"][kind]["shifted_mean"][m], 4)}
                       for m in METRICS[kind]} for kind in kinds if results["none"][kind]["shifted_mean"]}
     results["summary"] = summary
-    results["setup"] = {"config": args.config, "split": args.split, "arms": list(ARMS),
+    results["setup"] = {"config": args.config, "split": args.split, "arms": list(ARMS), "seeds": args.seeds,
                         "epochs": {k: getattr(base, k).train.epochs for k in kinds}}
     out.mkdir(parents=True, exist_ok=True)
     (out / "results.json").write_text(json.dumps(results, indent=2))
@@ -91,6 +115,10 @@ def main(argv: list[str] | None = None) -> int:
         for m in METRICS[kind]:
             print(f"{kind:<10} {m:<9} {n['clean'][m]:>11.4f} {s['clean'][m]:>12.4f} "
                   f"{n['shifted_mean'].get(m, float('nan')):>13.4f} {s['shifted_mean'].get(m, float('nan')):>14.4f}")
+        if args.seeds > 1:
+            print("  clean per seed    " + "  ".join(
+                f"{m} {[x['clean'][m] for x in n['per_seed']]} -> {[x['clean'][m] for x in s['per_seed']]}"
+                for m in METRICS[kind]))
         for sp in n["shifted"]:
             print(f"  {sp:<17} " + "  ".join(f"{m} {n['shifted'][sp][m]:.4f} -> {s['shifted'][sp][m]:.4f}"
                                             for m in METRICS[kind]))
