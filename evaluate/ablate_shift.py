@@ -1,4 +1,4 @@
-"""python -m evaluate.ablate_shift --config configs/demo.yaml --out runs/ablate-shift
+"""python -m evaluate.ablate_shift --config configs/ablate-shift.yaml --out runs/ablate-shift [--seeds N]
 
 Does domain-shift augmentation pay? Trains the config's detector and segmenter twice on the same budget
 (epochs, schedule, seed): with `train.augment: none` and with `shift` (the camera, lighting, weather and
@@ -66,7 +66,7 @@ def arm_results(run: Path, kind: str, split: str, limit: int | None) -> dict:
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(prog="python -m evaluate.ablate_shift", description=__doc__,
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--config", default="configs/demo.yaml")
+    p.add_argument("--config", default="configs/ablate-shift.yaml")
     p.add_argument("--out", default="runs/ablate-shift")
     p.add_argument("--split", default="test", help="clean split; its shifted copies are <split>_<shift>")
     p.add_argument("--limit", type=int, default=None, help="score only the first N images of each split")
@@ -77,6 +77,8 @@ def main(argv: list[str] | None = None) -> int:
     args = p.parse_args(argv)
     try:
         base = load_config(args.config)
+        if args.seeds < 1:
+            raise ConfigError(f"--seeds {args.seeds}: train at least one seed per arm")
     except ConfigError as e:
         print(f"error: {e}", file=sys.stderr)
         return 2

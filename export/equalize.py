@@ -32,14 +32,16 @@ def equalizable_pairs(model: onnx.ModelProto) -> list[tuple[onnx.NodeProto, onnx
     """(Conv1, Conv2) pairs joined by a single path through at most one ReLU, Conv2 dense or depthwise, each
     with weights of its own."""
     g = model.graph
-    inits = {t.name for t in g.initializer}
+    dims = {t.name: list(t.dims) for t in g.initializer}
     outputs = {o.name for o in g.output}
     consumers: dict[str, list[onnx.NodeProto]] = {}
     for n in g.node:
         for i in n.input:
             consumers.setdefault(i, []).append(n)
-    def own_weights(n: onnx.NodeProto) -> bool:  # weights shared between nodes (a head run per level) stay
-        return all(i in inits and len(consumers[i]) == 1 for i in n.input[1:] if i)
+
+    def own_weights(n: onnx.NodeProto) -> bool:  # 2-D conv weights of its own (not a head shared per level)
+        return len(dims.get(n.input[1], [])) == 4 and all(i in dims and len(consumers[i]) == 1
+                                                          for i in n.input[1:] if i)
 
     pairs = []
     for n1 in g.node:
@@ -51,7 +53,7 @@ def equalizable_pairs(model: onnx.ModelProto) -> list[tuple[onnx.NodeProto, onnx
         if len(nxt) != 1 or nxt[0].op_type != "Conv" or not own_weights(nxt[0]):
             continue
         n2 = nxt[0]
-        c, c2 = (next(t for t in g.initializer if t.name == n.input[1]).dims[0] for n in (n1, n2))
+        c, c2 = dims[n1.input[1]][0], dims[n2.input[1]][0]
         if _group(n2) == 1 or (_group(n2) == c == c2):  # dense, or depthwise without a channel multiplier
             pairs.append((n1, n2))
     return pairs
