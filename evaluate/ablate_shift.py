@@ -28,22 +28,23 @@ from train.loop import fit
 ARMS = ("none", "shift")
 
 
-def with_augment(cfg, augment: str):
-    """The same experiment with every task's train.augment replaced. Without shift presets the shift settings
-    do nothing, so the 'none' arm takes their defaults: its config hash (and --reuse) ignores them."""
-    plain = {"shift_p": SHIFT_P, "shift_off_epochs": 0} if without_shift(augment) == augment else {}
-    tasks = {k: dataclasses.replace(t, train=dataclasses.replace(t.train, augment=augment, **plain))
+def with_train(cfg, change):
+    """The same experiment with every task's train section replaced by change(train)."""
+    tasks = {k: dataclasses.replace(t, train=change(t.train))
              for k in ("detector", "segmenter") if (t := getattr(cfg, k)) is not None}
     return dataclasses.replace(cfg, **tasks)
+
+
+def with_augment(cfg, augment: str):
+    """train.augment replaced. Without shift presets the shift settings do nothing, so the 'none' arm takes
+    their defaults: its config hash (and --reuse) ignores them."""
+    plain = {"shift_p": SHIFT_P, "shift_off_epochs": 0} if without_shift(augment) == augment else {}
+    return with_train(cfg, lambda t: dataclasses.replace(t, augment=augment, **plain))
 
 
 def with_seed(cfg, offset: int):
-    """The same experiment with every task's train.seed moved by `offset` (0: unchanged, same config hash)."""
-    if offset == 0:
-        return cfg
-    tasks = {k: dataclasses.replace(t, train=dataclasses.replace(t.train, seed=t.train.seed + offset))
-             for k in ("detector", "segmenter") if (t := getattr(cfg, k)) is not None}
-    return dataclasses.replace(cfg, **tasks)
+    """train.seed moved by `offset` (0: the same config, the same hash)."""
+    return with_train(cfg, lambda t: dataclasses.replace(t, seed=t.seed + offset)) if offset else cfg
 
 
 def mean_results(per_seed: list[dict]) -> dict:

@@ -188,6 +188,7 @@ def fit(kind: str, task: TaskConfig, cfg: ExperimentConfig, out_dir: Path, val_s
         model = nn.parallel.DistributedDataParallel(model, device_ids=[device.index] if device.type == "cuda" else None)
     out_dir.mkdir(parents=True, exist_ok=True)
     writer = _tensorboard(out_dir / "tb") if rank == 0 else None
+    plain_augment = without_shift(s.augment)  # what the last shift_off_epochs train with
     for epoch in range(start, s.epochs + 1):
         t0 = time.time()
         # every source of randomness is re-seeded from (seed, epoch): a resumed run replays the same epochs
@@ -195,12 +196,11 @@ def fit(kind: str, task: TaskConfig, cfg: ExperimentConfig, out_dir: Path, val_s
         torch.manual_seed(s.seed * 1000 + epoch)
         if sampler is not None:
             sampler.set_epoch(epoch)
-        if epoch == max(start, s.epochs - s.shift_off_epochs + 1) and without_shift(s.augment) != s.augment:
+        if epoch == max(start, s.epochs - s.shift_off_epochs + 1) and plain_augment != s.augment:
             # the closing epochs see the training domain only (a resumed run lands here as well)
-            train_set.augment = build_augment(without_shift(s.augment), kind, s.augment_target, s.shift_p)
+            train_set.augment = build_augment(plain_augment, kind, s.augment_target, s.shift_p)
             if rank == 0:
-                print(f"  epochs {epoch}-{s.epochs}: augment {without_shift(s.augment)!r} (shift presets off)",
-                      flush=True)
+                print(f"  epochs {epoch}-{s.epochs}: augment {plain_augment!r} (shift presets off)", flush=True)
         if getattr(train_set, "augment", None) is not None:
             train_set.augment.set_random_seed(s.seed * 1000 + epoch + 7919 * rank)
         losses = train_one_epoch(model, criterion, loader, optimizer, scheduler, epoch, s.grad_clip, device,

@@ -54,9 +54,14 @@ def test_a_config_with_an_unknown_preset_is_refused(tmp_path, tiny_data):
         load_config(cfg)
 
 
-def test_shift_p_sets_the_share_of_shifted_samples_and_closing_epochs_drop_the_presets(tmp_path, tiny_data, capsys):
+def test_shift_p_sets_the_share_of_shifted_samples_and_closing_epochs_drop_the_presets(tmp_path, tiny_data, capsys,
+                                                                                       monkeypatch):
+    import train.loop
     from train.config import ConfigError, load_config
     from train.loop import fit
+
+    built, real = [], train.loop.build_augment
+    monkeypatch.setattr(train.loop, "build_augment", lambda spec, *a: built.append(spec) or real(spec, *a))
 
     img, mask, *_ = SCENES[0]
     for p, share in ((0.0, 0.0), (1.0, 1.0)):
@@ -71,6 +76,7 @@ def test_shift_p_sets_the_share_of_shifted_samples_and_closing_epochs_drop_the_p
     c = load_config(cfg)
     fit("segmenter", c.segmenter, c, tmp_path / "run")
     assert "epochs 2-2: augment 'flip' (shift presets off)" in capsys.readouterr().out
+    assert built == ["flip"]  # the closing epoch's dataset really lost the shift presets
     cfg.write_text(f"name: c\ndata: {tiny_data}\nsegmenter:\n  train: {{epochs: 2, shift_off_epochs: 3}}\n")
     with pytest.raises(ConfigError, match="shift_off_epochs"):
         load_config(cfg)
