@@ -54,14 +54,17 @@ def test_a_config_with_an_unknown_preset_is_refused(tmp_path, tiny_data):
         load_config(cfg)
 
 
-def test_shift_p_sets_the_share_of_shifted_samples_and_closing_epochs_drop_the_presets(tmp_path, tiny_data, capsys,
-                                                                                       monkeypatch):
+def test_shift_p_and_the_closing_epochs_drop_the_presets_and_the_optimizer_moments(tmp_path, tiny_data, capsys,
+                                                                                   monkeypatch):
     import train.loop
     from train.config import ConfigError, load_config
     from train.loop import fit
 
     built, real = [], train.loop.build_augment
     monkeypatch.setattr(train.loop, "build_augment", lambda spec, *a: built.append(spec) or real(spec, *a))
+    opts, iters, real_opt, real_epoch = [], [], train.loop.build_optimizer, train.loop.train_one_epoch
+    monkeypatch.setattr(train.loop, "build_optimizer", lambda *a: opts.append(real_opt(*a)) or opts[-1])
+    monkeypatch.setattr(train.loop, "train_one_epoch", lambda *a, **k: iters.append(len(a[2])) or real_epoch(*a, **k))
 
     img, mask, *_ = SCENES[0]
     for p, share in ((0.0, 0.0), (1.0, 1.0)):
@@ -75,8 +78,10 @@ def test_shift_p_sets_the_share_of_shifted_samples_and_closing_epochs_drop_the_p
     cfg.write_text(f"name: c\ndata: {tiny_data}\nsegmenter:\n  input_size: [64, 96]\n  train: {sched}\n")
     c = load_config(cfg)
     fit("segmenter", c.segmenter, c, tmp_path / "run")
-    assert "epochs 2-2: augment 'flip' (shift presets off)" in capsys.readouterr().out
+    assert "epochs 2-2: augment 'flip' (shift presets off, optimizer moments reset)" in capsys.readouterr().out
     assert built == ["flip"]  # the closing epoch's dataset really lost the shift presets
+    steps = {int(st["step"]) for st in opts[0].state.values()}
+    assert steps == {iters[1]}  # AdamW's moments restarted with the closing epoch: its steps only, not both
     cfg.write_text(f"name: c\ndata: {tiny_data}\nsegmenter:\n  train: {{epochs: 2, shift_off_epochs: 3}}\n")
     with pytest.raises(ConfigError, match="shift_off_epochs"):
         load_config(cfg)
