@@ -188,7 +188,8 @@ def fit(kind: str, task: TaskConfig, cfg: ExperimentConfig, out_dir: Path, val_s
         model = nn.parallel.DistributedDataParallel(model, device_ids=[device.index] if device.type == "cuda" else None)
     out_dir.mkdir(parents=True, exist_ok=True)
     writer = _tensorboard(out_dir / "tb") if rank == 0 else None
-    plain_augment = without_shift(s.augment)  # what the last shift_off_epochs train with
+    plain_augment = without_shift(s.augment)  # what the last shift_off_epochs train with,
+    switch = s.epochs - s.shift_off_epochs + 1  # from this epoch on
     for epoch in range(start, s.epochs + 1):
         t0 = time.time()
         # every source of randomness is re-seeded from (seed, epoch): a resumed run replays the same epochs
@@ -196,17 +197,17 @@ def fit(kind: str, task: TaskConfig, cfg: ExperimentConfig, out_dir: Path, val_s
         torch.manual_seed(s.seed * 1000 + epoch)
         if sampler is not None:
             sampler.set_epoch(epoch)
-        if epoch == max(start, s.epochs - s.shift_off_epochs + 1) and plain_augment != s.augment:
+        if epoch == max(start, switch) and plain_augment != s.augment:
             # the closing epochs see the training domain only (a resumed run lands here as well)
             train_set.augment = build_augment(plain_augment, kind, s.augment_target, s.shift_p)
-            if epoch == s.epochs - s.shift_off_epochs + 1:  # a run resumed later has the fresh moments saved
+            if epoch == switch:  # a run resumed later loads the moments reset here from its checkpoint
                 # AdamW's second moments were sized by shifted batches, whose gradients are several times the
                 # clean ones (8x measured on the ablation segmenter); with beta2 0.999 they would shrink the
                 # clean epochs' steps for ~1000 iterations. Start the moments afresh on clean gradients.
                 optimizer.state.clear()
             if rank == 0:
-                print(f"  epochs {epoch}-{s.epochs}: augment {plain_augment!r} (shift presets off, optimizer "
-                      "moments reset)", flush=True)
+                reset = ", optimizer moments reset" if epoch == switch else ""
+                print(f"  epochs {epoch}-{s.epochs}: augment {plain_augment!r} (shift presets off{reset})", flush=True)
         if getattr(train_set, "augment", None) is not None:
             train_set.augment.set_random_seed(s.seed * 1000 + epoch + 7919 * rank)
         losses = train_one_epoch(model, criterion, loader, optimizer, scheduler, epoch, s.grad_clip, device,
