@@ -12,8 +12,10 @@ from pathlib import Path
 
 import yaml
 
+from deploy.errors import EdgeVisionError
 
-class DatasetError(ValueError):
+
+class DatasetError(EdgeVisionError, ValueError):
     """Broken dataset input; the message is one line naming the file and the fix."""
 
 

@@ -15,12 +15,13 @@ from pathlib import Path
 import cv2
 import numpy as np
 
+from deploy.errors import EdgeVisionError
 from deploy.preprocess import ImageReadError, Letterbox, read_image
 
 LETTERBOX_FIELDS = [f.name for f in dataclasses.fields(Letterbox)]
 
 
-class CaptureError(ValueError):
+class CaptureError(EdgeVisionError, ValueError):
     """A capture folder or file that cannot be used; the message names the file and the fix."""
 
 

@@ -9,6 +9,7 @@ from __future__ import annotations
 import json
 from dataclasses import dataclass, field
 
+from deploy.errors import EdgeVisionError
 from deploy.preprocess import PreprocessSpec
 
 PREFIX = "edge_vision."
@@ -16,7 +17,7 @@ TASKS = ("detector", "segmenter")
 REQUIRED = ("task", "preprocess", "class_names", "config_hash", "outputs")
 
 
-class ContractError(ValueError):
+class ContractError(EdgeVisionError, ValueError):
     """A model whose metadata is missing or inconsistent (the message names the file and the fix)."""
 
 

@@ -14,6 +14,8 @@ from pathlib import Path
 import cv2
 import numpy as np
 
+from deploy.errors import EdgeVisionError
+
 INTERPOLATIONS = {
     "nearest": cv2.INTER_NEAREST,
     "linear": cv2.INTER_LINEAR,
@@ -25,7 +27,7 @@ CHANNEL_ORDERS = ("RGB", "BGR")
 LAYOUTS = ("NCHW", "NHWC")
 
 
-class ImageReadError(ValueError):
+class ImageReadError(EdgeVisionError, ValueError):
     """A file that is not a decodable image (the message names the file and the fix)."""
 
 

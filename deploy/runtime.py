@@ -9,11 +9,12 @@ import numpy as np
 import onnxruntime as ort
 
 from deploy.contract import Contract, ContractError
+from deploy.errors import EdgeVisionError
 from deploy.postprocess import Detections, decode_detections, decode_mask
 from deploy.preprocess import Letterbox, preprocess
 
 
-class ModelLoadError(ValueError):
+class ModelLoadError(EdgeVisionError, ValueError):
     """A model file that cannot be loaded (the message names the file and the fix)."""
 
 

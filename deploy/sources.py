@@ -19,12 +19,13 @@ from pathlib import Path
 import cv2
 import numpy as np
 
+from deploy.errors import EdgeVisionError
 from deploy.preprocess import ImageReadError, read_image
 
 IMAGE_SUFFIXES = {".jpg", ".jpeg", ".png", ".bmp", ".webp"}
 
 
-class SourceError(RuntimeError):
+class SourceError(EdgeVisionError, RuntimeError):
     """A source that cannot be opened or that stayed down past the reopen budget."""
 
 

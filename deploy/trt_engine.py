@@ -20,10 +20,12 @@ import subprocess
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
+from deploy.errors import EdgeVisionError
+
 PRECISIONS = ("fp32", "fp16", "int8")
 
 
-class TensorRTUnavailable(RuntimeError):
+class TensorRTUnavailable(EdgeVisionError, RuntimeError):
     """No TensorRT Python package or no NVIDIA GPU here."""
 
 

@@ -1,5 +1,5 @@
 """python -m evaluate.gate --run runs/demo [--config configs/gate.yaml] [--deployed-preprocess mod:fn |
-                         --capture DIR] [--no-labels] [--update-baseline]
+                         --capture DIR] [--no-labels] [--update-baseline | --require-baseline]
 
 A release gate that says *why* accuracy moved. Accuracy is measured in the 2x2 design (reference |
 deployed preprocessing) x (fp32 | int8) (see evaluate.attribution), so a drop is blamed on quantization,
@@ -7,7 +7,10 @@ on preprocessing, or on both, with tensor-level evidence. Reference preprocessin
 path (the checkpoint's spec); deployed preprocessing is the contract read from the ONNX file through the
 runtime's code, a `module:function(img_bgr, spec) -> (tensor, letterbox)`, or the tensors a device
 captured (`--capture DIR`, `DIR/<model>/<id>.png|npz`, label-free). Thresholds, latency budgets per
-target, size caps and the committed baseline are in the YAML config.
+target, size caps and the committed baseline are in the YAML config (evaluate.gate_config: unknown keys and
+wrong types are refused). Every trained model is judged unless the config lists it under `skip:`; a
+regression check that cannot run (no baseline file, no entry for this run) prints a `[skip]` line, and
+`--require-baseline` (CI) makes that exit 2.
 Writes runs/<name>/gate/gate.json, gate.junit.xml and worst/<model>/*.jpg, and the gate section of the
 bench report. Exit code: 0 pass, 1 fail, 2 could not run.
 """
@@ -22,20 +25,26 @@ import sys
 from pathlib import Path
 from xml.sax.saxutils import quoteattr
 
-import yaml
-
-from datasets.config import DatasetError, load_dataset_config
+from datasets.config import load_dataset_config
 from deploy.capture import CaptureError, capture_frames, captured_preprocess
-from deploy.contract import ContractError
-from deploy.preprocess import ImageReadError, PreprocessSpec, preprocess, read_image
-from deploy.runtime import ModelLoadError, OrtModel
+from deploy.contract import TASKS, ContractError
+from deploy.errors import EdgeVisionError
+from deploy.preprocess import PreprocessSpec, preprocess, read_image
+from deploy.runtime import OrtModel
 from evaluate import attribution as att
 from evaluate.bench import interleaved_latency
+from evaluate.gate_config import (
+    MEASURED_TARGETS,
+    PRIMARY,
+    BaselineTolerance,
+    GateConfig,
+    GateConfigError,
+    ModelLimits,
+    load_gate_config,
+)
 from evaluate.metrics import EvalSet
 from evaluate.report import write_report
 from train.checkpoint import CheckpointError, load_checkpoint
-
-PRIMARY = {"detector": "map50", "segmenter": "thin_iou"}
 
 
 def get_args_parser() -> argparse.ArgumentParser:
@@ -50,19 +59,24 @@ def get_args_parser() -> argparse.ArgumentParser:
     p.add_argument("--no-labels", action="store_true", help="score by agreement with fp32 on reference inputs")
     p.add_argument("--limit", type=int, default=None, help="score only the first N images")
     p.add_argument("--update-baseline", action="store_true", help="write this run's figures as the new baseline")
+    p.add_argument("--require-baseline", action="store_true",
+                   help="exit 2 when a regression check cannot run (no baseline file or no entry for this run)")
     return p
 
 
 def load_function(ref: str):
     mod, _, fn = ref.partition(":")
     if not fn:
-        raise ValueError(f"--deployed-preprocess {ref!r}: expected module:function")
-    return getattr(importlib.import_module(mod), fn)
+        raise GateConfigError(f"--deployed-preprocess {ref!r}: expected module:function")
+    try:
+        return getattr(importlib.import_module(mod), fn)
+    except (ImportError, AttributeError) as e:
+        raise GateConfigError(f"--deployed-preprocess {ref!r}: cannot load it ({e})") from None
 
 
-def gate_model(kind: str, run: Path, limits: dict, split: str = "val", deployed_fn=None, limit: int | None = None,
-               labels: bool = True, capture: Path | None = None, int8_path: Path | None = None,
-               evidence_dir: Path | None = None) -> dict:
+def gate_model(kind: str, run: Path, limits: ModelLimits, split: str = "val", deployed_fn=None,
+               limit: int | None = None, labels: bool = True, capture: Path | None = None,
+               int8_path: Path | None = None, evidence_dir: Path | None = None) -> dict:
     """Cells, deltas, evidence and checks for one model. `int8_path` overrides the exported INT8 file."""
     ckpt = load_checkpoint(run / kind / "best.pt")
     fp32 = OrtModel(run / "export" / f"{kind}.onnx")
@@ -84,7 +98,7 @@ def gate_model(kind: str, run: Path, limits: dict, split: str = "val", deployed_
     else:
         ev = EvalSet.from_checkpoint(ckpt, split, limit)
     post = fp32.contract.postprocess
-    metric = limits.get("metric", PRIMARY[kind])
+    metric = limits.metric or PRIMARY[kind]
     preds = att.predict_cells(ev, {"fp32": fp32.infer, "int8": int8.infer}, {"reference": ref_fn, "deployed": dep_fn},
                               post)
     cells = att.score_cells(ev, preds, metric, labels)
@@ -102,25 +116,24 @@ def gate_model(kind: str, run: Path, limits: dict, split: str = "val", deployed_
     speedup = {"cpu-1thread": lat["fp32"]["p50"] / lat["int8"]["p50"]}  # side by side: survives a busy machine
     size_mb = int8.path.stat().st_size / 2**20
     d = att.deltas(cells)
-    checks = [check(kind, "quantization drop", d["quantization"], limits.get("max_quantization_drop"), "max",
+    checks = [check(kind, "quantization drop", d["quantization"], limits.max_quantization_drop, "max",
                     "quantization"),
-              check(kind, "preprocessing drop", d["preprocessing"], limits.get("max_preprocessing_drop"), "max",
+              check(kind, "preprocessing drop", d["preprocessing"], limits.max_preprocessing_drop, "max",
                     "preprocessing"),
               check(kind, "input tensor PSNR dB (reference vs deployed)", evidence["input_tensor"]["min_psnr"],
-                    limits.get("min_input_psnr"), "min", "preprocessing")]
+                    limits.min_input_psnr, "min", "preprocessing")]
     if labels:
-        checks.append(check(kind, f"{metric} (deployed int8)", cells["deployed/int8"], limits.get("min_accuracy"),
-                            "min"))
-    for target, budget in (limits.get("latency_ms") or {}).items():
-        if target in measured:
+        checks.append(check(kind, f"{metric} (deployed int8)", cells["deployed/int8"], limits.min_accuracy, "min"))
+    for target, budget in limits.latency_ms.items():
+        if target in MEASURED_TARGETS:
             checks.append(check(kind, f"int8 latency ms ({target})", measured[target], budget, "max"))
         else:  # e.g. jetson-orin: measured where TensorRT runs the engine (python -m export.tensorrt)
             checks.append({**check(kind, f"int8 latency ms ({target})", None, budget, "max"),
                            "skipped": f"no {target} device here"})
-    checks.append(check(kind, "int8 size MB", size_mb, limits.get("max_size_mb"), "max"))
+    checks.append(check(kind, "int8 size MB", size_mb, limits.max_size_mb, "max"))
     return {"metric": metric, "labels": labels, "cells": cells, "deltas": d, "evidence": evidence,
             "latency_ms": measured, "speedup": speedup, "size_mb": size_mb, "images": len(ev.images),
-            "checks": [c for c in checks if c["limit"] is not None]}
+            "checks": [c for c in checks if c["limit"] is not None]}  # limits the config leaves out are not checks
 
 
 def check(kind: str, name: str, value, limit, sense: str, stage: str | None = None) -> dict:
@@ -137,23 +150,27 @@ def blame(result: dict) -> str:
     return " + ".join(s for s in ("quantization", "preprocessing") if s in failed) or "none"
 
 
-def baseline_checks(kind: str, result: dict, base: dict | None, tol: dict) -> list[dict]:
+def baseline_checks(kind: str, result: dict, base: dict, tol: BaselineTolerance) -> list[dict]:
     """Regression against the committed baseline: accuracy, INT8 speed-up and size may not get worse than tol.
 
     Speed is judged by the INT8 speed-up over fp32 timed side by side in this run, not by milliseconds: the
     same demo models measured 1.6 / 2.7 ms (detector / segmenter INT8, 1 thread) on one day and 3.0 / 7.7 ms
     on another on this project's shared 2-core machines, while their ratios moved far less.
     """
-    if not base or base.get("metric") != result["metric"]:
-        return []
     out = [check(kind, f"baseline {result['metric']} (deployed int8, baseline {base['accuracy']:.4f})",
-                 result["cells"]["deployed/int8"], base["accuracy"] - tol.get("accuracy", 0.01), "min")]
+                 result["cells"]["deployed/int8"], base["accuracy"] - tol.accuracy, "min")]
     if "cpu-1thread" in base.get("speedup", {}):
         ref = base["speedup"]["cpu-1thread"]
         out.append(check(kind, f"baseline int8 speed-up over fp32 (cpu-1thread, baseline {ref:.2f}x)",
-                         result["speedup"]["cpu-1thread"], ref * tol.get("speedup_ratio", 0.8), "min"))
-    out.append(check(kind, "baseline size MB", result["size_mb"], base["size_mb"] * tol.get("size_ratio", 1.05), "max"))
+                         result["speedup"]["cpu-1thread"], ref * tol.speedup_ratio, "min"))
+    out.append(check(kind, "baseline size MB", result["size_mb"], base["size_mb"] * tol.size_ratio, "max"))
     return out
+
+
+def skipped_check(kind: str, name: str, reason: str) -> dict:
+    """A check that could not run: printed as [skip] with its reason, a <skipped> case in JUnit."""
+    return {"name": f"{kind}: {name}", "value": None, "limit": None, "passed": True, "stage": None,
+            "skipped": reason}
 
 
 def junit_xml(gate: dict) -> str:
@@ -178,46 +195,119 @@ def write_atomic(path: Path, text: str) -> None:
     os.replace(tmp, path)
 
 
-def run_gate(args, cfg: dict) -> dict:
+def judged_tasks(run: Path, cfg: GateConfig, config: str, capture: Path | None) -> tuple[list[str], dict]:
+    """The trained tasks this gate judges, and those the config skips (task -> reason). Every trained task
+    must have limits or be listed under `skip:`: a typo in a section name may never mean "not judged"."""
+    trained = [t for t in TASKS if (run / t / "best.pt").is_file()]
+    if not trained:
+        raise CheckpointError(f"{run}: no trained model (no detector/best.pt or segmenter/best.pt); run `make train`")
+    judged, skipped = [], {}
+    for task in trained:
+        if task in cfg.skip:
+            skipped[task] = f"listed under skip: in {config}"
+        elif cfg.limits(task) is None:
+            raise GateConfigError(f"{config}: no `{task}:` section for the {task} trained in {run}; add its limits "
+                                  "or list it under skip:")
+        elif capture is not None and not (capture / task).is_dir():
+            raise CaptureError(f"{capture / task}: no captured frames for the {task}; capture them with "
+                               f"`deploy run --capture` or list it under skip: in {config}")
+        else:
+            judged.append(task)
+    if not judged:
+        raise GateConfigError(f"{config}: every model trained in {run} is listed under skip:; nothing to judge")
+    return judged, skipped
+
+
+def load_baselines(cfg: GateConfig, config: str) -> tuple[dict, str | None]:
+    """(baselines by run name, or {} with the reason none could be read)."""
+    if cfg.baseline is None:
+        return {}, f"no `baseline:` file in {config}"
+    path = Path(cfg.baseline)
+    if not path.is_file():
+        return {}, f"{path} not found (write it with --update-baseline and commit it)"
+    try:
+        data = json.loads(path.read_text())
+    except ValueError as e:
+        raise GateConfigError(f"{path}: not a JSON baseline ({e}); restore it or rewrite it with "
+                              "--update-baseline") from None
+    if not isinstance(data, dict):
+        raise GateConfigError(f"{path}: a baseline file is a JSON object keyed by run name")
+    return data, None
+
+
+def baseline_for(task: str, limits: ModelLimits, baselines: dict, reason: str | None, run: Path, path: str | None,
+                 labels: bool) -> tuple[dict | None, str | None]:
+    """This task's committed figures, or None and why its regression checks cannot run."""
+    if reason:
+        return None, reason
+    if not labels:
+        return None, "no labels: the baseline holds labelled accuracy"
+    if run.name not in baselines:  # keyed by run name: a demo baseline never judges another run
+        return None, (f"{path} has no entry for run {run.name!r} (has {sorted(baselines)}); baselines are keyed "
+                      "by the run folder's name")
+    base = baselines[run.name].get(task)
+    metric = limits.metric or PRIMARY[task]
+    if not isinstance(base, dict):
+        return None, f"{path}: run {run.name!r} has no {task} figures"
+    missing = [k for k in ("metric", "accuracy", "size_mb") if k not in base]
+    if missing:
+        raise GateConfigError(f"{path}: {run.name}.{task} lacks {missing}; rewrite it with --update-baseline")
+    if base["metric"] != metric:
+        return None, f"{path}: the {task} baseline is on {base['metric']}, the gate measures {metric}"
+    return base, None
+
+
+def run_gate(args, cfg: GateConfig) -> dict:
     run = Path(args.run)
     deployed_fn = load_function(args.deployed_preprocess) if args.deployed_preprocess else None
     capture = Path(args.capture) if args.capture else None
-    baseline_path = Path(cfg.get("baseline", "")) if cfg.get("baseline") else None
-    baselines = json.loads(baseline_path.read_text()) if baseline_path and baseline_path.is_file() else {}
-    baseline = baselines.get(run.name, {})  # keyed by run name: a demo baseline never judges another run
+    labels = not args.no_labels and capture is None
+    tasks, skipped = judged_tasks(run, cfg, args.config, capture)
+    baselines, why = load_baselines(cfg, args.config)
+    bases = {t: baseline_for(t, cfg.limits(t), baselines, why, run, cfg.baseline, labels) for t in tasks}
+    missing = {t: r for t, (_, r) in bases.items() if r}
+    if args.update_baseline and not labels:
+        raise GateConfigError("--update-baseline needs labels: a baseline holds labelled accuracy")
+    if args.require_baseline and not args.update_baseline and missing:
+        raise GateConfigError("--require-baseline: " + "; ".join(f"{t}: {r}" for t, r in missing.items()))
     models = {}
-    for kind in ("detector", "segmenter"):
-        if (run / kind / "best.pt").is_file() and kind in cfg and (capture is None or (capture / kind).is_dir()):
-            r = gate_model(kind, run, cfg[kind], args.split, deployed_fn, args.limit, not args.no_labels, capture)
-            if not args.update_baseline and r["labels"]:
-                r["checks"] += baseline_checks(kind, r, baseline.get(kind), cfg.get("baseline_tolerance", {}))
-            r["blame"] = blame(r)
-            models[kind] = r
-    if not models:
-        raise CheckpointError(f"{run}: no trained and exported model that {args.config} has limits for")
+    for kind in tasks:
+        r = gate_model(kind, run, cfg.limits(kind), args.split, deployed_fn, args.limit, labels, capture)
+        base, reason = bases[kind]
+        if args.update_baseline:
+            pass
+        elif base is not None:
+            r["checks"] += baseline_checks(kind, r, base, cfg.baseline_tolerance)
+        else:
+            r["checks"].append(skipped_check(kind, "baseline regression", reason))
+        r["blame"] = blame(r)
+        models[kind] = r
     checks = [c for m in models.values() for c in m["checks"]]
     gate = {"verdict": "pass" if all(c["passed"] for c in checks) else "fail", "config": args.config,
             "deployed_preprocess": args.capture or args.deployed_preprocess or "runtime",
-            "labels": all(m["labels"] for m in models.values()), "models": models, "checks": checks}
+            "labels": all(m["labels"] for m in models.values()), "models": models, "skipped": skipped,
+            "checks": checks}
     if args.update_baseline:
-        if baseline_path is None:
-            raise ValueError(f"{args.config}: no `baseline:` path to write")
-        baselines[run.name] = {k: {"metric": m["metric"], "accuracy": m["cells"]["deployed/int8"],
-                                   "latency_ms": m["latency_ms"], "speedup": m["speedup"], "size_mb": m["size_mb"]}
-                              for k, m in models.items()}
-        write_atomic(baseline_path, json.dumps(baselines, indent=2) + "\n")
-        print(f"gate: baseline for {run.name} written to {baseline_path}; commit it to accept these figures")
+        update_baseline(cfg, args.config, baselines, run, models)
     return gate
+
+
+def update_baseline(cfg: GateConfig, config: str, baselines: dict, run: Path, models: dict) -> None:
+    if cfg.baseline is None:
+        raise GateConfigError(f"{config}: no `baseline:` path to write")
+    baselines[run.name] = {k: {"metric": m["metric"], "accuracy": m["cells"]["deployed/int8"],
+                               "latency_ms": m["latency_ms"], "speedup": m["speedup"], "size_mb": m["size_mb"]}
+                           for k, m in models.items()}
+    write_atomic(Path(cfg.baseline), json.dumps(baselines, indent=2) + "\n")
+    print(f"gate: baseline for {run.name} written to {cfg.baseline}; commit it to accept these figures")
 
 
 def main(argv: list[str] | None = None) -> int:
     args = get_args_parser().parse_args(argv)
     run = Path(args.run)
     try:
-        cfg = yaml.safe_load(Path(args.config).read_text())
-        gate = run_gate(args, cfg)
-    except (CheckpointError, ContractError, ModelLoadError, DatasetError, CaptureError, ImageReadError,
-            FileNotFoundError, ValueError, KeyError, ImportError, AttributeError) as e:
+        gate = run_gate(args, load_gate_config(args.config))
+    except EdgeVisionError as e:  # bad input only: a bug in the gate is a traceback, not "could not run"
         print(f"gate: could not run: {e}", file=sys.stderr)
         return 2
     out = run / "gate"
@@ -245,7 +335,12 @@ def print_verdict(gate: dict) -> None:
               + ", ".join(f"{k} {v:.1f} dB" for k, v in ev["output_sqnr_db"].items())
               + "; worst layer " + (f"{ev['worst_layers'][0]['tensor']} ({ev['worst_layers'][0]['qdq_sqnr']:.1f} dB)"
                                     if ev["worst_layers"] else "-"))
+    for task, reason in gate["skipped"].items():
+        print(f"  [skip] {task}: not judged ({reason})")
     for ch in gate["checks"]:
+        if ch.get("skipped") and ch["limit"] is None:
+            print(f"  [skip] {ch['name']}: {ch['skipped']}")
+            continue
         state = "skip" if ch.get("skipped") else ("pass" if ch["passed"] else "FAIL")
         value = "-" if ch["value"] is None else f"{ch['value']:.4g}"
         print(f"  [{state}] {ch['name']}: {value} (limit {ch['limit']:.4g})")

@@ -129,6 +129,7 @@ def _calib(ckpt: dict) -> list[Path]:
 
 def run_scenarios(run: Path, work: Path) -> dict:
     from evaluate.gate import blame, gate_model
+    from evaluate.gate_config import ModelLimits
 
     work.mkdir(parents=True, exist_ok=True)
     verdicts = {}
@@ -136,7 +137,7 @@ def run_scenarios(run: Path, work: Path) -> dict:
         for kind in kinds:
             fn = PREPROCESS_FAULTS.get(scenario)
             int8 = fault_int8(run, kind, scenario, work) if expected == "quantization" else None
-            r = gate_model(kind, run, dict(LIMITS), deployed_fn=fn,
+            r = gate_model(kind, run, ModelLimits(**LIMITS), deployed_fn=fn,
                            int8_path=int8, evidence_dir=work / scenario)
             got = blame(r)
             verdicts[f"{scenario}/{kind}"] = {

@@ -109,10 +109,10 @@ def main(argv: list[str] | None = None) -> int:
          "thin_iou_eroded": score_masks(preds, morph(ev.truths, "erode"), names, thin, False)["thin_iou"],
          "recall_by_width": {f"recall_{b}": full.get(f"recall_{b}") for b, *_ in WIDTH_BUCKETS}}
     if args.ablate_augment:
-        from train.config import ExperimentConfig, _build
+        from train.config import ExperimentConfig, build_dataclass
         from train.loop import fit
 
-        cfg = _build(ExperimentConfig, ckpt["config"], f"{run}/segmenter/best.pt config")  # self-describing
+        cfg = build_dataclass(ExperimentConfig, ckpt["config"], f"{run}/segmenter/best.pt config")  # self-describing
         task = dataclasses.replace(cfg.segmenter, train=dataclasses.replace(cfg.segmenter.train, augment="none"))
         best = fit("segmenter", task, cfg, run / "thin_diagnose_noaug" / "segmenter")
         d["ablation"] = {"thin_iou": full["thin_iou"], "no_augment_thin_iou": best["thin_iou"]}

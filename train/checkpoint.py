@@ -12,12 +12,13 @@ from pathlib import Path
 import torch
 from torch import nn
 
+from deploy.errors import EdgeVisionError
 from train.models import build_model
 
 FORMAT = "edge-vision/1"
 
 
-class CheckpointError(ValueError):
+class CheckpointError(EdgeVisionError, ValueError):
     pass
 
 

@@ -12,10 +12,11 @@ from pathlib import Path
 
 from datasets.augment import SHIFT_P, parse_augment
 from datasets.config import DatasetConfig, load_dataset_config, read_yaml
+from deploy.errors import EdgeVisionError
 from deploy.preprocess import PreprocessSpec
 
 
-class ConfigError(ValueError):
+class ConfigError(EdgeVisionError, ValueError):
     pass
 
 
@@ -124,29 +125,52 @@ class ExperimentConfig:
         return hashlib.sha256(json.dumps(payload, sort_keys=True).encode()).hexdigest()[:16]
 
 
-def _build(cls: type, raw: dict, where: str):
-    """Recursively build dataclass `cls` from a dict, refusing unknown keys with their dotted path."""
+def build_dataclass(cls: type, raw: dict, where: str):
+    """Recursively build dataclass `cls` from a dict, refusing unknown keys, missing required keys and values
+    of the wrong type, each with its dotted path (`where` names the file)."""
     if not isinstance(raw, dict):
         raise ConfigError(f"{where}: expected a mapping, got {type(raw).__name__}")
     hints = typing.get_type_hints(cls)
-    names = {f.name for f in dataclasses.fields(cls)}
+    fields = dataclasses.fields(cls)
+    names = {f.name for f in fields}
     unknown = sorted(set(raw) - names)
     if unknown:
         raise ConfigError(f"{where}: unknown key(s) {unknown}; allowed: {sorted(names)}")
-    kwargs = {}
-    for k, v in raw.items():
-        t = hints[k]
-        inner = [a for a in typing.get_args(t) if a is not type(None)] if isinstance(t, types.UnionType) else [t]
-        target = inner[0] if inner else t
-        kwargs[k] = _build(target, v, f"{where}.{k}") if dataclasses.is_dataclass(target) and v is not None else v
-    return cls(**kwargs)
+    required = [f.name for f in fields if f.default is dataclasses.MISSING and f.default_factory is dataclasses.MISSING]
+    missing = [k for k in required if k not in raw]
+    if missing:
+        raise ConfigError(f"{where}: missing required key(s) {missing}")
+    return cls(**{k: _typed(hints[k], v, f"{where}.{k}") for k, v in raw.items()})
+
+
+def _typed(t, v, where: str):
+    """`v` checked against the annotation `t` (an int is taken where a float is asked for)."""
+    args = typing.get_args(t)
+    if isinstance(t, types.UnionType) or typing.get_origin(t) is typing.Union:
+        if v is None and type(None) in args:
+            return None
+        t = next(a for a in args if a is not type(None))
+        args = typing.get_args(t)
+    if dataclasses.is_dataclass(t):
+        return build_dataclass(t, v, where)
+    origin = typing.get_origin(t) or t
+    ok = {float: isinstance(v, int | float) and not isinstance(v, bool), int: isinstance(v, int) and
+          not isinstance(v, bool), bool: isinstance(v, bool), str: isinstance(v, str),
+          list: isinstance(v, list), dict: isinstance(v, dict)}.get(origin, True)
+    if not ok:
+        raise ConfigError(f"{where}: expected {getattr(t, '__name__', t)}, got {type(v).__name__} {v!r}")
+    if origin is list and args:
+        return [_typed(args[0], x, f"{where}[{i}]") for i, x in enumerate(v)]
+    if origin is dict and args:
+        return {_typed(args[0], k, f"{where} key"): _typed(args[1], x, f"{where}.{k}") for k, x in v.items()}
+    return v
 
 
 def load_config(path: str | Path) -> ExperimentConfig:
     path = Path(path)
     raw = read_yaml(path, ConfigError, "config")
     try:
-        cfg = _build(ExperimentConfig, raw or {}, str(path))
+        cfg = build_dataclass(ExperimentConfig, raw or {}, str(path))
     except TypeError as e:
         raise ConfigError(f"{path}: {e}") from None
     for task in (cfg.detector, cfg.segmenter):
