@@ -7,9 +7,12 @@ a camera index or an RTSP / GStreamer pipeline string. Per frame it writes one J
 timestamp, boxes with class names and scores, per-class thin-structure pixel counts, latency pre / infer /
 post per model, and `drift`: the input drift score against the training statistics in the model's metadata,
 see deploy.drift) and at exit a summary (frames, FPS, p50 / p99 per stage, drift). Corrupt frames are counted and
-skipped; a live source that drops is reopened with backoff; SIGTERM / SIGINT stop after the current frame,
-flush and exit 0; the output file appears under its name only when complete (written as .part first).
-Exit code: 0 done, 2 could not start (model, contract or source), 3 a live source stayed down.
+skipped; a live source that drops is reopened with backoff; SIGTERM / SIGINT stop after the current frame
+(or at once during a reconnect backoff), flush and exit 0; the output file appears under its name only when
+complete (written as .part first; a run that crashes leaves the .part). The model's contract and every path
+the run writes are checked before the first frame.
+Exit code: 0 done, 2 could not start (model, contract, option, output path or source), 3 a live source
+stayed down.
 """
 
 from __future__ import annotations
@@ -31,8 +34,10 @@ import onnxruntime as ort
 from deploy.capture import save_capture
 from deploy.contract import ContractError
 from deploy.drift import DriftMonitor
+from deploy.errors import EdgeVisionError
+from deploy.options import check_paths, frame_size, number
 from deploy.runtime import ModelLoadError, OrtModel
-from deploy.sources import Frame, SourceError, open_source
+from deploy.sources import Frame, SourceError, StopFlag, open_source
 
 EXECUTION_PROVIDERS = {"cpu": ["CPUExecutionProvider"],
                        "cuda": ["CUDAExecutionProvider", "CPUExecutionProvider"],
@@ -50,26 +55,27 @@ def get_args_parser() -> argparse.ArgumentParser:
     r.add_argument("--out", help="JSON Lines output (FILE.part while running, renamed when done); default stdout")
     r.add_argument("--annotate", help="folder for annotated frames (JPEG)")
     r.add_argument("--capture", help="folder for sampled raw frames + exact input tensors (for the gate)")
-    r.add_argument("--capture-every", type=int, default=30, help="capture one frame in N")
+    r.add_argument("--capture-every", type=number(int, 1), default=30, help="capture one frame in N")
     r.add_argument("--heartbeat", help="file rewritten every --heartbeat-seconds (container health checks)")
-    r.add_argument("--heartbeat-seconds", type=float, default=5.0)
-    r.add_argument("--max-frames", type=int, default=None)
+    r.add_argument("--heartbeat-seconds", type=number(float, 0, strict=True), default=5.0)
+    r.add_argument("--max-frames", type=number(int, 1), default=None, help="stop after N frames (default: no limit)")
     r.add_argument("--pipeline", action="store_true", help="read and preprocess the next frame in a thread "
                                                            "while the current one runs")
-    r.add_argument("--max-reopen", type=int, default=10, help="reopen attempts for a live source that drops")
-    r.add_argument("--drift-window", type=int, default=100, help="frames in the drift monitor's rolling window")
-    r.add_argument("--drift-threshold", type=float, default=None,
+    r.add_argument("--max-reopen", type=number(int, 0), default=10, help="reopen attempts for a live source that drops")
+    r.add_argument("--drift-window", type=number(int, 1), default=100,
+                   help="frames in the drift monitor's rolling window")
+    r.add_argument("--drift-threshold", type=number(float, 0), default=None,
                    help="drift score (PSI) that raises a warning (default: the model's, 0.25)")
-    r.add_argument("--drift-every", type=int, default=4,
+    r.add_argument("--drift-every", type=number(int, 1), default=4,
                    help="frames between drift measurements (each costs about 0.6 ms on one x86 core at 320 px)")
     r.add_argument("--no-drift", action="store_true", help="skip the input drift monitor")
     h = sub.add_parser("health", help="exit 0 if the heartbeat file is fresh (container health checks)")
     h.add_argument("--heartbeat", required=True)
-    h.add_argument("--max-age", type=float, default=30.0, help="seconds")
+    h.add_argument("--max-age", type=number(float, 0, strict=True), default=30.0, help="seconds")
     b = sub.add_parser("bench", help="per-stage latency from camera-sized frames to results")
     models(b)
-    b.add_argument("--frames", type=int, default=300)
-    b.add_argument("--size", default="1280x720", help="WxH of the synthetic BGR frames")
+    b.add_argument("--frames", type=number(int, 1), default=300)
+    b.add_argument("--size", type=frame_size, default=(1280, 720), help="WxH of the synthetic BGR frames")
     return p
 
 
@@ -83,7 +89,7 @@ def models(p: argparse.ArgumentParser) -> None:
     p.add_argument("--precision", default="int8", choices=["fp32", "fp16", "int8"],
                    help="--backend trt: engine precision (int8 takes the QDQ file, e.g. detector.int8-trt.onnx)")
     p.add_argument("--engine-cache", default="engines", help="--backend trt: engine cache folder")
-    p.add_argument("--threads", type=int, default=None, help="ONNX Runtime intra-op threads (and OpenCV's)")
+    p.add_argument("--threads", type=number(int, 1), default=None, help="ONNX Runtime intra-op threads (and OpenCV's)")
 
 
 def load_model(path: str, args):
@@ -226,30 +232,25 @@ def write_atomic(path: Path, text: str) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
+    check_paths(args)
     det, seg = load_models(args)
     drift = None if args.no_drift else drift_monitor(det, seg, args.drift_window, args.drift_threshold)
-    source = open_source(args.source, max_reopen=args.max_reopen)
-    stop = {"signal": None}
-
-    def on_signal(signum, _frame):
-        stop["signal"] = signal.Signals(signum).name
-
-    signal.signal(signal.SIGTERM, on_signal)
-    signal.signal(signal.SIGINT, on_signal)
+    stop = StopFlag()  # installed before the source opens: a live source may start in its reconnect backoff
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        signal.signal(sig, lambda signum, _frame: stop.set(signal.Signals(signum).name))
+    source = open_source(args.source, max_reopen=args.max_reopen, stop=stop)
     part = Path(str(args.out) + ".part") if args.out else None
     out = open(part, "w") if part else sys.stdout
     annotate_dir = Path(args.annotate) if args.annotate else None
-    if annotate_dir:
-        annotate_dir.mkdir(parents=True, exist_ok=True)
     capture = Path(args.capture) if args.capture else None
     latencies: dict[str, list[float]] = {}
-    done, t_start, last_beat, rc = 0, time.perf_counter(), 0.0, 0
+    done, t_start, last_beat, rc, finished = 0, time.perf_counter(), 0.0, 0, False
     drifting, drift_frames, drift_max = False, 0, None
     try:
         frames = pipelined(source, det, seg) if args.pipeline else ((f, None) for f in source)
         for frame, prepared in frames:
             t0 = time.perf_counter()
-            cap = capture if capture is not None and frame.id % max(1, args.capture_every) == 0 else None
+            cap = capture if capture is not None and frame.id % args.capture_every == 0 else None
             rec = process(frame, det, seg, cap, prepared, drift, args.drift_every)
             d = rec["drift"]
             if d and d["score"] is not None:
@@ -274,22 +275,24 @@ def run(args: argparse.Namespace) -> int:
                 last_beat = time.time()
                 beat = {"time": last_beat, "frames": done, "source": args.source}
                 write_atomic(Path(args.heartbeat), json.dumps(beat))
-            if stop["signal"] or (args.max_frames and done >= args.max_frames):
+            if stop.reason or (args.max_frames and done >= args.max_frames):
                 break
+        finished = True
     except SourceError as e:
         print(f"error: {e}", file=sys.stderr)
-        rc = 3
+        rc, finished = 3, True
     finally:
         out.flush()
         if part:
             out.close()
-            os.replace(part, args.out)  # complete lines only, under the final name
+            if finished:  # complete lines only, under the final name; a crash leaves FILE.part
+                os.replace(part, args.out)
     summary = summarize(latencies, done, time.perf_counter() - t_start, source.stats)
     if drift is not None:
         summary["drift"] = {"max_score": drift_max, "frames_over_threshold": drift_frames,
                             "threshold": drift.threshold}
-    if stop["signal"]:
-        summary["stopped_by"] = stop["signal"]
+    if stop.reason:
+        summary["stopped_by"] = stop.reason
     print("summary: " + json.dumps(summary), file=sys.stderr)
     return rc
 
@@ -298,7 +301,7 @@ def bench(args: argparse.Namespace) -> int:
     """Camera-sized frames -> results, per stage: what a device's frame budget is spent on."""
     det, seg = load_models(args)
     drift = drift_monitor(det, seg)
-    w, h = (int(v) for v in args.size.lower().split("x"))
+    w, h = args.size
     rng = np.random.default_rng(0)
     base = cv2.GaussianBlur(rng.integers(0, 256, (h, w, 3), dtype=np.uint8), (0, 0), 3)  # image-like, not noise
     lat: dict[str, list[float]] = {}
@@ -347,7 +350,7 @@ def main(argv: list[str] | None = None) -> int:
         return health(args)
     try:
         return run(args) if args.cmd == "run" else bench(args)
-    except (ModelLoadError, ContractError, SourceError, FileNotFoundError) as e:
+    except EdgeVisionError as e:  # bad input: one line; anything else is a bug and keeps its traceback
         print(f"error: {e}", file=sys.stderr)
         return 2
 

@@ -15,6 +15,9 @@ from deploy.preprocess import PreprocessSpec
 PREFIX = "edge_vision."
 TASKS = ("detector", "segmenter")
 REQUIRED = ("task", "preprocess", "class_names", "config_hash", "outputs")
+OUTPUT_NAMES = {"detector": ["cls_logits", "boxes"], "segmenter": ["logits"]}
+POSTPROCESS_KEYS = {"detector": ("conf_thres", "iou_thres", "max_det"), "segmenter": ()}  # decode_detections' args
+FIX = "re-export it with `python -m export --run runs/<name>`"
 
 
 class ContractError(EdgeVisionError, ValueError):
@@ -50,7 +53,7 @@ class Contract:
 
     @classmethod
     def from_metadata(cls, meta: dict[str, str], source: str = "model") -> Contract:
-        fix = "re-export it with `python -m export --run runs/<name>`"
+        fix = FIX
         missing = [k for k in REQUIRED if PREFIX + k not in meta]
         if missing:
             raise ContractError(f"{source}: no edge-vision contract in its metadata ({missing}); {fix}")
@@ -68,9 +71,10 @@ class Contract:
             raise ContractError(f"{source}: unknown task {get('task')!r} in metadata; {fix}")
         if not names or not all(isinstance(n, str) for n in names):
             raise ContractError(f"{source}: class_names in metadata must be a non-empty list of strings; {fix}")
-        conf = post.get("conf_thres")
-        if isinstance(conf, list) and len(conf) != len(names):
-            raise ContractError(f"{source}: {len(conf)} per-class thresholds for {len(names)} classes; {fix}")
+        if outputs != OUTPUT_NAMES[get("task")]:
+            raise ContractError(f"{source}: outputs {outputs} in metadata, a {get('task')} has "
+                                f"{OUTPUT_NAMES[get('task')]}; {fix}")
+        check_postprocess(get("task"), post, len(names), source)
         return cls(
             task=get("task"),
             preprocess=spec,
@@ -82,3 +86,49 @@ class Contract:
             output_shapes=shapes,
             drift=drift,
         )
+
+    def check_outputs(self, shapes: dict[str, list], source: str) -> None:
+        """The graph's output shapes (ints, or names/None for dynamic axes) against the class list: a model
+        whose metadata names 3 classes but whose head has 80 channels is refused at load, not at frame 1."""
+        n = len(self.class_names)
+        if self.task == "detector":  # cls_logits (B, N, C), boxes (B, N, 4)
+            want = {"cls_logits": (-1, n), "boxes": (-1, 4)}
+        else:  # logits (B, K, h, w)
+            want = {"logits": (1, n)}
+        for name, (axis, size) in want.items():
+            shape = shapes.get(name)
+            if shape is None or len(shape) < 3:
+                raise ContractError(f"{source}: output {name} has shape {shape}, a {self.task} output has at least "
+                                    f"3 axes; {FIX}")
+            dim = shape[axis]
+            if isinstance(dim, int) and dim != size:
+                what = f"{n} class names in metadata" if size == n else "4 box coordinates"
+                raise ContractError(f"{source}: output {name} has {dim} channels on axis {axis}, the contract "
+                                    f"expects {what}; {FIX}")
+
+
+def _is_number(v) -> bool:
+    return isinstance(v, int | float) and not isinstance(v, bool) and v == v  # not NaN
+
+
+def check_postprocess(task: str, post: dict, num_classes: int, source: str) -> None:
+    """The postprocess metadata: known keys and thresholds in range, checked when the model loads."""
+    if not isinstance(post, dict):
+        raise ContractError(f"{source}: postprocess metadata must be a JSON object; {FIX}")
+    unknown = sorted(set(post) - set(POSTPROCESS_KEYS[task]))
+    if unknown:
+        raise ContractError(f"{source}: unknown postprocess key(s) {unknown} for a {task} "
+                            f"(allowed: {list(POSTPROCESS_KEYS[task])}); {FIX}")
+    conf = post.get("conf_thres", 0.25)
+    confs = conf if isinstance(conf, list) else [conf]
+    if isinstance(conf, list) and len(conf) != num_classes:
+        raise ContractError(f"{source}: {len(conf)} per-class thresholds for {num_classes} classes; {FIX}")
+    if not confs or not all(_is_number(c) and 0 <= c <= 1 for c in confs):
+        raise ContractError(f"{source}: postprocess conf_thres {conf!r} must be a number in [0, 1] or one per "
+                            f"class; {FIX}")
+    iou = post.get("iou_thres", 0.5)
+    if not (_is_number(iou) and 0 <= iou <= 1):
+        raise ContractError(f"{source}: postprocess iou_thres {iou!r} must be a number in [0, 1]; {FIX}")
+    max_det = post.get("max_det", 100)
+    if not (isinstance(max_det, int) and not isinstance(max_det, bool) and max_det >= 1):
+        raise ContractError(f"{source}: postprocess max_det {max_det!r} must be a positive integer; {FIX}")

@@ -62,6 +62,7 @@ class OrtModel:
         names = [o.name for o in self.session.get_outputs()]
         if names != c.outputs:
             raise ContractError(f"{self.path}: outputs {names} disagree with the contract's {c.outputs}")
+        c.check_outputs({o.name: o.shape for o in self.session.get_outputs()}, str(self.path))
 
     @property
     def task(self) -> str:

@@ -3,9 +3,11 @@ GStreamer pipeline string (OpenCV VideoCapture). numpy + OpenCV only.
 
 Behaviour the runtime documents and the tests hold it to:
   - a corrupt or empty frame is counted (`bad_frames`) and skipped, never passed on;
-  - a folder or a video file ends at its end (a truncated file ends where its data ends);
+  - a folder or a video file ends at its end (a truncated file ends where its data ends); in an MJPG file
+    the frame the file was cut in (no JPEG end marker) is a bad frame, not half new and half the last one;
   - a live source (camera, RTSP, pipeline) that drops is reopened with exponential backoff
-    (0.5 s doubling to 8 s) and given up after `max_reopen` failed attempts in a row.
+    (0.5 s doubling to 8 s) and given up after `max_reopen` failed attempts in a row;
+  - a `StopFlag` set by a signal handler ends the backoff at once and the source with it.
 """
 
 from __future__ import annotations
@@ -29,6 +31,24 @@ class SourceError(EdgeVisionError, RuntimeError):
     """A source that cannot be opened or that stayed down past the reopen budget."""
 
 
+class StopFlag:
+    """Set by a signal handler; `sleep` wakes within 50 ms of it. A plain attribute, no lock: a handler may run
+    while its own thread holds one, so threading.Event.set() from a handler can deadlock."""
+
+    def __init__(self):
+        self.reason: str | None = None
+
+    def set(self, reason: str) -> None:
+        self.reason = reason
+
+    def sleep(self, seconds: float) -> bool:
+        """Sleep up to `seconds`; True if the flag was set (now or during the sleep)."""
+        end = time.monotonic() + seconds
+        while self.reason is None and (left := end - time.monotonic()) > 0:
+            time.sleep(min(left, 0.05))
+        return self.reason is not None
+
+
 @dataclass
 class Frame:
     id: int
@@ -48,13 +68,14 @@ def is_live(spec: str) -> bool:
     return spec.isdigit() or "://" in spec or "!" in spec  # camera index, rtsp://..., GStreamer pipeline
 
 
-def open_source(spec: str, max_reopen: int = 10, backoff: tuple[float, float] = (0.5, 8.0)):
+def open_source(spec: str, max_reopen: int = 10, backoff: tuple[float, float] = (0.5, 8.0),
+                stop: StopFlag | None = None):
     """-> an iterator of Frames with a `.stats` attribute, chosen by what `spec` names."""
     path = Path(spec)
     if path.is_dir():
         return FolderSource(path)
     if is_live(spec):
-        return VideoSource(spec, live=True, max_reopen=max_reopen, backoff=backoff)
+        return VideoSource(spec, live=True, max_reopen=max_reopen, backoff=backoff, stop=stop)
     if path.is_file():
         return VideoSource(spec, live=False)
     raise SourceError(f"{spec}: not a folder, video file, camera index or rtsp:// / GStreamer source")
@@ -77,10 +98,18 @@ class FolderSource:
             yield Frame(i, f.name, time.time(), img)
 
 
+def jpeg_end_marker(packet: np.ndarray) -> bool:
+    """A whole JPEG ends in EOI (FF D9), before any zero padding; FF D9 cannot occur inside the coded data."""
+    return packet.size >= 4 and bytes(np.trim_zeros(packet.ravel(), "b")[-2:]) == b"\xff\xd9"
+
+
 class VideoSource:
-    def __init__(self, spec: str, live: bool, max_reopen: int = 10, backoff: tuple[float, float] = (0.5, 8.0)):
+    def __init__(self, spec: str, live: bool, max_reopen: int = 10, backoff: tuple[float, float] = (0.5, 8.0),
+                 stop: StopFlag | None = None):
         self.spec, self.live, self.max_reopen, self.backoff = spec, live, max_reopen, backoff
+        self.stop = stop or StopFlag()
         self.stats = SourceStats()
+        self.raw_jpeg = False  # MJPG file read as JPEG packets: a cut frame is seen by its missing end marker
         self.cap = self._open()
         if self.cap is None:
             if not live:
@@ -91,12 +120,19 @@ class VideoSource:
         src = int(self.spec) if self.spec.isdigit() else self.spec
         api = cv2.CAP_GSTREAMER if "!" in self.spec else cv2.CAP_ANY
         cap = cv2.VideoCapture(src, api)
-        return cap if cap.isOpened() else None
+        if not cap.isOpened():
+            return None
+        fourcc = int(cap.get(cv2.CAP_PROP_FOURCC)).to_bytes(4, "little")
+        if not self.live and fourcc.upper() == b"MJPG":
+            self.raw_jpeg = bool(cap.set(cv2.CAP_PROP_FORMAT, -1))  # FFmpeg backend: packets, not pixels
+        return cap
 
     def _reopen(self):
+        """A reopened capture, or None when the stop flag ended the backoff."""
         delay = self.backoff[0]
         for attempt in range(1, self.max_reopen + 1):
-            time.sleep(delay)
+            if self.stop.sleep(delay):
+                return None
             cap = self._open()
             if cap is not None:
                 self.stats.reopens += 1
@@ -109,7 +145,7 @@ class VideoSource:
     def __iter__(self) -> Iterator[Frame]:
         i = 0
         misses = 0
-        while True:
+        while self.cap is not None and self.stop.reason is None:
             ok, img = self.cap.read()
             if not ok:
                 if not self.live:
@@ -121,6 +157,13 @@ class VideoSource:
                     misses = 0
                 continue
             misses = 0
+            if self.raw_jpeg:
+                if not jpeg_end_marker(img):
+                    self.stats.bad_frames += 1
+                    print(f"skip: {self.spec}: frame {i} is cut short (no JPEG end marker)", file=sys.stderr,
+                          flush=True)
+                    continue
+                img = cv2.imdecode(img.reshape(-1), cv2.IMREAD_COLOR)
             if img is None or img.size == 0 or img.ndim != 3 or img.shape[2] != 3:
                 self.stats.bad_frames += 1
                 print(f"skip: {self.spec}: frame {i} is empty or not HxWx3", file=sys.stderr, flush=True)
@@ -130,4 +173,5 @@ class VideoSource:
             i += 1
 
     def close(self) -> None:
-        self.cap.release()
+        if self.cap is not None:
+            self.cap.release()

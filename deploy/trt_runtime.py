@@ -71,6 +71,7 @@ class TrtModel:
             is_input = self.engine.get_tensor_mode(name) == trt.TensorIOMode.INPUT
             (self.inputs if is_input else self.outputs)[name] = host
         self.output_names = [n for n in self.contract.outputs if n in self.outputs]
+        self.contract.check_outputs({n: list(h.shape) for n, h in self.outputs.items()}, str(self.path))
 
     @property
     def task(self) -> str:

@@ -106,7 +106,7 @@ def main(argv: list[str] | None = None) -> int:
         results[name] = {k: r.get(k) for k in KEYS}
     x = preprocess(read_image(ev.images[0]), spec)[0][None]
     with tempfile.TemporaryDirectory() as tmp:
-        dummy = Contract("segmenter", spec, ["x"], "compare", ["logits"])
+        dummy = Contract("segmenter", spec, list(cfg.dataset().segmentation.classes), "compare", ["logits"])
         paths = {n: export_onnx(m, dummy, Path(tmp) / f"{n}.onnx") for n, m in models.items()}
         for threads in (1, 2):
             runners = {n: _runner(OrtModel(pth, threads=threads), x) for n, pth in paths.items()}

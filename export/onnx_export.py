@@ -13,11 +13,10 @@ import onnxslim
 import torch
 from torch import nn
 
-from deploy.contract import Contract
+from deploy.contract import OUTPUT_NAMES, Contract
 from deploy.preprocess import PreprocessSpec
 from export.equalize import equalize
 
-OUTPUT_NAMES = {"detector": ["cls_logits", "boxes"], "segmenter": ["logits"]}
 INPUT_NAME = "images"
 
 

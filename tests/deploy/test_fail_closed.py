@@ -1,0 +1,124 @@
+"""The runtime refuses what it cannot run before the first frame, and stops or skips cleanly in the field."""
+
+import json
+import signal
+import subprocess
+import sys
+import threading
+import time
+
+import numpy as np
+import onnx
+import pytest
+
+from deploy import sources
+from tests.conftest import REPO
+from tests.deploy.test_cli import deploy, summary, write_video
+
+
+def with_metadata(src, dst, **changes):
+    """A copy of the ONNX file with some edge_vision.* metadata values replaced."""
+    model = onnx.load(str(src))
+    for prop in model.metadata_props:
+        key = prop.key.removeprefix("edge_vision.")
+        if key in changes:
+            prop.value = changes[key]
+    onnx.save(model, str(dst))
+    return dst
+
+
+@pytest.mark.parametrize("change, words", [
+    ({"class_names": json.dumps(["a", "b"])}, "cls_logits has 4 channels on axis -1, the contract expects 2 class"),
+    ({"postprocess": json.dumps({"conf_thres": 0.05, "iou_thres": 0.6, "max_det": 100, "nms": "fast"})},
+     "unknown postprocess key(s) ['nms']"),
+    ({"postprocess": json.dumps({"conf_thres": "0.05", "iou_thres": 0.6, "max_det": 100})},
+     "conf_thres '0.05' must be a number in [0, 1]"),
+    ({"postprocess": json.dumps({"conf_thres": 0.05, "iou_thres": 1.5, "max_det": 100})}, "iou_thres 1.5"),
+    ({"postprocess": json.dumps({"conf_thres": 0.05, "iou_thres": 0.6, "max_det": 0})}, "max_det 0"),
+])
+def test_metadata_that_disagrees_with_the_graph_is_refused_at_load(tiny_run, tmp_path, change, words):
+    bad = with_metadata(tiny_run / "export" / "detector.onnx", tmp_path / "bad.onnx", **change)
+    out = tmp_path / "preds.jsonl"
+    r = deploy("run", "--model", bad, "--source", tiny_run / "export", "--out", out)  # no frames needed
+    assert r.returncode == 2 and "Traceback" not in r.stderr, r.stderr
+    assert r.stderr.count("\n") == 1 and words in r.stderr and "bad.onnx" in r.stderr
+    assert not out.exists() and not (tmp_path / "preds.jsonl.part").exists()
+
+
+def test_output_paths_are_checked_before_the_first_frame(tiny_run, tmp_path):
+    model = tiny_run / "export" / "detector.onnx"
+    a_file = tmp_path / "a_file"
+    a_file.write_text("x")
+    cases = [(["--out", tmp_path], "is a directory"),
+             (["--out", a_file / "preds.jsonl"], "cannot be the folder it goes in"),
+             (["--annotate", a_file], "cannot be a folder"),
+             (["--heartbeat", tmp_path / "missing" / "alive.json"], "does not exist or is not writable")]
+    for extra, words in cases:
+        r = deploy("run", "--model", model, "--source", tiny_run / "export", *extra)
+        assert r.returncode == 2 and "Traceback" not in r.stderr, (extra, r.stderr)
+        assert r.stderr.count("\n") == 1 and words in r.stderr and "summary" not in r.stderr, (extra, r.stderr)
+
+
+@pytest.mark.parametrize("option, value", [("--drift-window", 0), ("--max-frames", 0), ("--drift-every", 0),
+                                           ("--capture-every", -1), ("--heartbeat-seconds", "nan")])
+def test_out_of_range_options_are_refused(tiny_run, option, value):
+    r = deploy("run", "--model", tiny_run / "export" / "detector.onnx", "--source", tiny_run, option, value)
+    assert r.returncode == 2 and f"argument {option}: must be" in r.stderr and "Traceback" not in r.stderr
+
+
+def test_sigterm_during_the_reconnect_backoff_stops_at_once(tiny_run):
+    p = subprocess.Popen([sys.executable, "-m", "deploy", "run", "--model", tiny_run / "export" / "detector.onnx",
+                          "--source", "rtsp://127.0.0.1:9/none", "--max-reopen", "10"], cwd=REPO,
+                         stderr=subprocess.PIPE, text=True)
+    lines = []
+    for line in p.stderr:  # attempts 1-3 take 0.5 + 1 + 2 s; the fourth backoff is 4 s long
+        lines.append(line)
+        if "reopen attempt 3/10 failed" in line:
+            break
+    t0 = time.monotonic()
+    p.send_signal(signal.SIGTERM)
+    err = "".join(lines) + p.communicate(timeout=30)[1]
+    assert time.monotonic() - t0 < 2.0, err  # the 4 s backoff did not run out
+    assert p.returncode == 0 and summary(err)["stopped_by"] == "SIGTERM" and summary(err)["frames"] == 0
+
+
+def test_a_stop_flag_wakes_the_backoff(monkeypatch):
+    monkeypatch.setattr(sources.VideoSource, "_open", lambda self: None)  # the camera never comes back
+    stop = sources.StopFlag()
+    threading.Timer(0.2, stop.set, ("SIGTERM",)).start()
+    t0 = time.monotonic()
+    src = sources.VideoSource("rtsp://camera", live=True, max_reopen=3, backoff=(30.0, 30.0), stop=stop)
+    assert list(src) == [] and time.monotonic() - t0 < 2.0
+
+
+def test_the_frame_a_truncated_mjpg_file_was_cut_in_is_a_bad_frame(tmp_path, capsys):
+    video = tmp_path / "clip.avi"
+    write_video(video, frames=40)
+    whole = [f.image for f in sources.open_source(str(video))]
+    data = video.read_bytes()
+    video.write_bytes(data[: len(data) // 2])  # the recorder died mid-frame
+    src = sources.open_source(str(video))
+    frames = [f.image for f in src]
+    assert 0 < len(frames) < 40 and src.stats.bad_frames == 1
+    assert "is cut short (no JPEG end marker)" in capsys.readouterr().err
+    for got, want in zip(frames, whole, strict=False):  # nothing half new, half the previous frame
+        assert np.array_equal(got, want)
+
+
+def test_a_crash_mid_run_leaves_the_part_file_not_the_final_name(tiny_run, tiny_data, tmp_path, monkeypatch):
+    from deploy import __main__ as cli
+
+    def broken(*args, **kwargs):
+        raise RuntimeError("a bug in postprocessing")
+
+    monkeypatch.setattr(cli, "process", broken)
+    out = tmp_path / "preds.jsonl"
+    handlers = {s: signal.getsignal(s) for s in (signal.SIGTERM, signal.SIGINT)}
+    try:
+        with pytest.raises(RuntimeError):
+            cli.main(["run", "--model", str(tiny_run / "export" / "detector.onnx"), "--source",
+                      str(tiny_data.parent / "data" / "images" / "test"), "--out", str(out), "--no-drift"])
+    finally:
+        for s, h in handlers.items():
+            signal.signal(s, h)
+    assert not out.exists() and (tmp_path / "preds.jsonl.part").exists()
