@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import json
+import math
+import sys
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -23,7 +25,13 @@ class ImageRecord:
 
 
 class CocoDetection:
-    """Reads instances_*.json. Category ids are mapped to contiguous indices in ascending id order."""
+    """Reads instances_*.json. Category ids are mapped to contiguous indices in ascending id order.
+
+    Broken input is refused when the file is opened, in one line naming the file and the image or annotation
+    id: duplicate image ids, a file_name outside the images folder, a missing image file, an annotation of an
+    unknown image or category, a bbox that is not 4 finite numbers. Fixable boxes are fixed and counted, the
+    counts printed once: boxes reaching outside their image are clipped to it, empty ones dropped.
+    """
 
     def __init__(self, images_dir: str | Path, ann_file: str | Path):
         self.images_dir = Path(images_dir)
@@ -32,37 +40,75 @@ class CocoDetection:
         cats = sorted(self.raw["categories"], key=lambda c: c["id"])
         self.category_ids = [int(c["id"]) for c in cats]  # contiguous index -> COCO category id
         self.class_names = [str(c["name"]) for c in cats]
-        cat_index = {cid: i for i, cid in enumerate(self.category_ids)}
-
+        self.fixed = {"clipped": 0, "dropped_empty": 0}  # boxes fixed on reading, printed once
+        images = self._images()
         per_image: dict[int, list[dict]] = {}
         for a in self.raw["annotations"]:
+            if a["image_id"] not in images:
+                raise DatasetError(f"{self.ann_file}: annotation {a.get('id')} refers to image_id {a['image_id']}, "
+                                   "which is not in `images`; fix the JSON")
             per_image.setdefault(a["image_id"], []).append(a)
-        self.records: list[ImageRecord] = []
-        for im in sorted(self.raw["images"], key=lambda im: im["id"]):
-            boxes, labels, crowd = [], [], []
-            for a in per_image.get(im["id"], []):
-                x, y, w, h = (float(v) for v in a["bbox"])
-                if w <= 0 or h <= 0:
-                    continue  # degenerate boxes occur in real sets; COCOeval ignores them too
-                if a["category_id"] not in cat_index:
-                    raise DatasetError(
-                        f"{self.ann_file}: annotation {a.get('id')} has category_id {a['category_id']} "
-                        "missing from `categories`; fix the JSON"
-                    )
-                boxes.append([x, y, x + w, y + h])
-                labels.append(cat_index[a["category_id"]])
-                crowd.append(bool(a.get("iscrowd", 0)))
-            self.records.append(
-                ImageRecord(
-                    path=self.images_dir / im["file_name"],
-                    image_id=int(im["id"]),
-                    width=int(im["width"]),
-                    height=int(im["height"]),
-                    boxes=np.asarray(boxes, dtype=np.float32).reshape(-1, 4),
-                    labels=np.asarray(labels, dtype=np.int64),
-                    crowd=np.asarray(crowd, dtype=bool),
-                )
-            )
+        cat_index = {cid: i for i, cid in enumerate(self.category_ids)}
+        self.records = [self._record(im, per_image.get(im["id"], []), cat_index)
+                        for _, im in sorted(images.items())]
+        if any(self.fixed.values()):
+            print(f"{self.ann_file}: clipped {self.fixed['clipped']} box(es) to their image, dropped "
+                  f"{self.fixed['dropped_empty']} empty box(es) (zero or negative width or height)",
+                  file=sys.stderr, flush=True)
+
+    def _images(self) -> dict[int, dict]:
+        """image id -> entry; ids unique, files inside the images folder and present."""
+        images: dict[int, dict] = {}
+        missing = []
+        for im in self.raw["images"]:
+            if im["id"] in images:
+                first = images[im["id"]]["file_name"]
+                raise DatasetError(f"{self.ann_file}: image id {im['id']} appears twice ({first}, {im['file_name']}); "
+                                   "give every image its own id")
+            name = Path(str(im["file_name"]))
+            if name.is_absolute() or ".." in name.parts:
+                raise DatasetError(f"{self.ann_file}: image {im['id']} file_name {str(name)!r} points outside "
+                                   f"{self.images_dir}; use a path relative to the images folder")
+            if not (self.images_dir / name).is_file():
+                missing.append(str(name))
+            images[im["id"]] = im
+        if missing:
+            raise DatasetError(f"{self.images_dir}: {len(missing)} image file(s) of {self.ann_file.name} not found "
+                               f"(e.g. {missing[0]}); check `images:` in the dataset config or the JSON")
+        return images
+
+    def _record(self, im: dict, anns: list[dict], cat_index: dict[int, int]) -> ImageRecord:
+        W, H = float(im["width"]), float(im["height"])
+        boxes, labels, crowd = [], [], []
+        for a in anns:
+            if a["category_id"] not in cat_index:
+                raise DatasetError(f"{self.ann_file}: annotation {a.get('id')} has category_id {a['category_id']} "
+                                   "missing from `categories`; fix the JSON")
+            x, y, w, h = self._bbox(a)
+            if w <= 0 or h <= 0:
+                self.fixed["dropped_empty"] += 1  # COCOeval ignores them too
+                continue
+            box = [min(max(x, 0.0), W), min(max(y, 0.0), H), min(max(x + w, 0.0), W), min(max(y + h, 0.0), H)]
+            if box != [x, y, x + w, y + h]:
+                self.fixed["clipped"] += 1
+                if box[2] <= box[0] or box[3] <= box[1]:  # entirely outside the image
+                    self.fixed["dropped_empty"] += 1
+                    continue
+            boxes.append(box)
+            labels.append(cat_index[a["category_id"]])
+            crowd.append(bool(a.get("iscrowd", 0)))
+        return ImageRecord(path=self.images_dir / im["file_name"], image_id=int(im["id"]), width=int(W),
+                           height=int(H), boxes=np.asarray(boxes, dtype=np.float32).reshape(-1, 4),
+                           labels=np.asarray(labels, dtype=np.int64), crowd=np.asarray(crowd, dtype=bool))
+
+    def _bbox(self, a: dict) -> tuple[float, float, float, float]:
+        b = a["bbox"]
+        ok = isinstance(b, list) and len(b) == 4 and all(isinstance(v, int | float) and not isinstance(v, bool)
+                                                          for v in b)
+        if not ok or not all(math.isfinite(v) for v in b):
+            raise DatasetError(f"{self.ann_file}: annotation {a.get('id')} of image {a['image_id']} has bbox {b!r}; "
+                               "a COCO bbox is 4 finite numbers [x, y, width, height]")
+        return tuple(float(v) for v in b)
 
     def __len__(self) -> int:
         return len(self.records)

@@ -219,9 +219,8 @@ def fit(kind: str, task: TaskConfig, cfg: ExperimentConfig, out_dir: Path, val_s
             row = {"epoch": epoch, "lr": optimizer.param_groups[0]["lr"], **losses,
                    **{k: v for k, v in metrics.items() if not isinstance(v, dict | list)}, "seconds": time.time() - t0}
             rows.append(row)
-            print("  " + "  ".join(f"{k} {v:.4g}" if isinstance(v, float) else f"{k} {v}" for k, v in row.items()),
-                  flush=True)
-            if best is None or metrics[key] >= best[key]:
+            print("  " + "  ".join(f"{k} {_fmt(v)}" for k, v in row.items()), flush=True)
+            if best is None or _score(metrics[key]) >= _score(best[key]):
                 best = metrics
                 save_checkpoint(out_dir / "best.pt", final, meta, epoch=epoch, metrics=metrics)
             state = {"model": distributed.unwrap(model).state_dict(), "optimizer": optimizer.state_dict(),
@@ -230,7 +229,7 @@ def fit(kind: str, task: TaskConfig, cfg: ExperimentConfig, out_dir: Path, val_s
             save_checkpoint(out_dir / "last.pt", final, meta, epoch=epoch, metrics=metrics, train_state=state)
             _write_csv(out_dir / "log.csv", rows)
             for k, v in row.items():
-                if k != "epoch":
+                if k != "epoch" and v is not None:  # a metric without support (no truth pixels) stays missing
                     writer.add_scalar(f"{kind}/{k}", v, epoch)
         distributed.barrier()
     if writer is not None:
@@ -238,6 +237,15 @@ def fit(kind: str, task: TaskConfig, cfg: ExperimentConfig, out_dir: Path, val_s
     if world > 1:
         print(f"rank {rank}: final weights digest {distributed.weights_digest(model)}", flush=True)
     return best
+
+
+def _fmt(v) -> str:
+    return "-" if v is None else f"{v:.4g}" if isinstance(v, float) else str(v)
+
+
+def _score(v: float | None) -> float:
+    """A missing metric (no truth to score against) ranks below every measured one."""
+    return -math.inf if v is None else v
 
 
 def _tensorboard(path: Path):

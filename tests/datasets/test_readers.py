@@ -90,3 +90,51 @@ def test_train_accepts_the_real_sample_sets_by_config_path(tmp_path, data, task,
                        cwd=REPO, capture_output=True, text=True)
     assert r.returncode == 0, r.stderr[-500:]
     assert (tmp_path / "run" / task / "best.pt").is_file()
+
+
+def coco_set(tmp_path, images=None, annotations=None):
+    """A two-image COCO file in tmp_path with real (blank) image files."""
+    import cv2
+
+    (tmp_path / "img").mkdir(exist_ok=True)
+    for name in ("a.png", "b.png"):
+        cv2.imwrite(str(tmp_path / "img" / name), np.zeros((50, 100, 3), np.uint8))
+    images = images or [{"id": 1, "file_name": "a.png", "width": 100, "height": 50},
+                        {"id": 2, "file_name": "b.png", "width": 100, "height": 50}]
+    annotations = annotations if annotations is not None else [
+        {"id": 10, "image_id": 1, "category_id": 1, "bbox": [10, 10, 20, 20]}]
+    path = tmp_path / "instances.json"
+    path.write_text(json.dumps({"images": images, "annotations": annotations,
+                                "categories": [{"id": 1, "name": "thing"}]}))
+    return path
+
+
+@pytest.mark.parametrize("images, annotations, words", [
+    ([{"id": 1, "file_name": "a.png", "width": 100, "height": 50},
+      {"id": 1, "file_name": "b.png", "width": 100, "height": 50}], None, "image id 1 appears twice"),
+    ([{"id": 1, "file_name": "../secret.png", "width": 100, "height": 50}], [], "points outside"),
+    ([{"id": 1, "file_name": "gone.png", "width": 100, "height": 50}], [], "1 image file(s) of instances.json not"),
+    (None, [{"id": 11, "image_id": 1, "category_id": 1, "bbox": [1, 2, 3]}], "annotation 11 of image 1 has bbox"),
+    (None, [{"id": 12, "image_id": 1, "category_id": 1, "bbox": [1, float("nan"), 3, 4]}], "annotation 12"),
+    (None, [{"id": 13, "image_id": 1, "category_id": 1, "bbox": "1 2 3 4"}], "annotation 13"),
+    (None, [{"id": 14, "image_id": 7, "category_id": 1, "bbox": [1, 2, 3, 4]}], "refers to image_id 7"),
+])
+def test_broken_coco_input_is_refused_naming_file_and_id(tmp_path, images, annotations, words):
+    path = coco_set(tmp_path, images, annotations)
+    with pytest.raises(DatasetError) as e:
+        CocoDetection(tmp_path / "img", path)
+    assert words in str(e.value) and "instances.json" in str(e.value) and "\n" not in str(e.value)
+
+
+def test_fixable_boxes_are_clipped_or_dropped_and_counted_once(tmp_path, capsys):
+    anns = [{"id": 1, "image_id": 1, "category_id": 1, "bbox": [-5, 10, 20, 20]},  # left edge outside
+            {"id": 2, "image_id": 1, "category_id": 1, "bbox": [90, 40, 30, 30]},  # bottom-right outside
+            {"id": 3, "image_id": 2, "category_id": 1, "bbox": [10, 10, -4, 5]},  # negative width
+            {"id": 4, "image_id": 2, "category_id": 1, "bbox": [200, 10, 5, 5]},  # wholly outside
+            {"id": 5, "image_id": 2, "category_id": 1, "bbox": [1, 2, 3, 4]}]
+    coco = CocoDetection(tmp_path / "img", coco_set(tmp_path, None, anns))
+    a, b = coco.records
+    assert a.boxes.tolist() == [[0, 10, 15, 30], [90, 40, 100, 50]] and b.boxes.tolist() == [[1, 2, 4, 6]]
+    assert coco.fixed == {"clipped": 3, "dropped_empty": 2}
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "clipped 3 box(es)" in err and "dropped 2 empty box(es)" in err
