@@ -51,6 +51,7 @@ def test_output_paths_are_checked_before_the_first_frame(tiny_run, tmp_path):
     a_file.write_text("x")
     cases = [(["--out", tmp_path], "is a directory"),
              (["--out", a_file / "preds.jsonl"], "cannot be the folder it goes in"),
+             (["--out", "/sys/preds.jsonl"], "cannot write there (Permission denied)"),  # read-only even to root
              (["--annotate", a_file], "cannot be a folder"),
              (["--heartbeat", tmp_path / "missing" / "alive.json"], "does not exist or is not writable")]
     for extra, words in cases:
