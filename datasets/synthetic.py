@@ -14,6 +14,9 @@ from pathlib import Path
 
 import cv2
 import numpy as np
+import yaml
+
+from datasets.config import DatasetError, load_dataset_config
 
 DET_CLASSES = ["car", "pedestrian", "traffic_sign", "cone"]
 SEG_CLASSES = ["background", "wire", "lane", "crack"]
@@ -229,3 +232,27 @@ def generate(root: str | Path, seed: int, splits: dict[str, int], hw=(240, 320),
                 shutil.copytree(tmp / "masks" / split, tmp / "masks" / nm)
     shutil.rmtree(root, ignore_errors=True)
     tmp.rename(root)
+
+
+def dataset_config_path(config: str | Path) -> Path:
+    raw = yaml.safe_load(Path(config).read_text()) or {}
+    return Path(raw["data"]) if isinstance(raw.get("data"), str) else Path(config)
+
+
+def prepare_dataset(config: str | Path, force: bool = False) -> None:
+    """Generate the synthetic set `config` names (skipped when up to date); for real data check the root."""
+    cfg = load_dataset_config(dataset_config_path(config))
+    root = Path(cfg.root)
+    if not cfg.synthetic:
+        if not root.is_dir():
+            raise DatasetError(f"{cfg.source}: root {root} does not exist")
+        print(f"dataset {cfg.name}: real data at {root}, nothing to generate")
+        return
+    settings = {"seed": 0, "image_size": [240, 320], "shifts": list(SHIFTS), **cfg.synthetic}
+    stamp = root / "generated.json"
+    if not force and stamp.is_file() and json.loads(stamp.read_text()) == settings:
+        print(f"dataset {cfg.name}: up to date at {root}")
+        return
+    print(f"dataset {cfg.name}: generating {settings['splits']} at {root} ...", flush=True)
+    generate(root, settings["seed"], settings["splits"], tuple(settings["image_size"]), settings["shifts"])
+    stamp.write_text(json.dumps(settings))

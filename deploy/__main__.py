@@ -31,6 +31,7 @@ import cv2
 import numpy as np
 import onnxruntime as ort
 
+from deploy.atomic import write_atomic
 from deploy.capture import save_capture
 from deploy.contract import ContractError
 from deploy.drift import DriftMonitor
@@ -163,8 +164,10 @@ def pipelined(source, det, seg, depth: int = 2):
 
 
 def process(frame: Frame, det, seg, capture: Path | None = None, prepared: dict | None = None,
-            drift: DriftMonitor | None = None, drift_every: int = 1) -> dict:
-    """One frame through both models: the JSON record, with the per-stage latency in ms."""
+            drift: DriftMonitor | None = None, drift_every: int = 1) -> tuple[dict, dict]:
+    """One frame through both models -> (the JSON record with the per-stage latency in ms, the results by
+    task: Detections and the class-index mask, for annotation)."""
+    results: dict = {}
     rec: dict = {"frame": frame.id, "source": frame.name, "timestamp": round(frame.timestamp, 3), "latency_ms": {}}
     prepared = prepared or prepare_all(frame, det, seg)
     for name, m in (("detector", det), ("segmenter", seg)):
@@ -174,7 +177,7 @@ def process(frame: Frame, det, seg, capture: Path | None = None, prepared: dict 
         t1 = time.perf_counter()
         outs = m.infer(tensor)
         t2 = time.perf_counter()
-        result = m.postprocess(outs, lb)
+        result = results[name] = m.postprocess(outs, lb)
         t3 = time.perf_counter()
         rec["latency_ms"][name] = {"pre": round(pre_ms, 3), "infer": round((t2 - t1) * 1e3, 3),
                                    "post": round((t3 - t2) * 1e3, 3)}
@@ -185,12 +188,10 @@ def process(frame: Frame, det, seg, capture: Path | None = None, prepared: dict 
             rec["boxes"] = [{"label": names[int(c)], "score": round(float(s), 4),
                              "xyxy": [round(float(v), 1) for v in b]}
                             for b, s, c in zip(result.boxes, result.scores, result.labels, strict=True)]
-            rec["_det"] = result
         else:
             counts = np.bincount(result.ravel(), minlength=len(m.contract.class_names))
             rec["thin_pixels"] = {n: int(k) for n, k in zip(m.contract.class_names, counts, strict=True)
                                   if n != "background"}
-            rec["_mask"] = result
     rec["drift"] = None
     if drift is not None:
         if frame.id % max(1, drift_every) == 0:  # sampled frames: the statistics cost more than pre + post
@@ -199,12 +200,12 @@ def process(frame: Frame, det, seg, capture: Path | None = None, prepared: dict 
             drift.update(tensor, lb)
             rec["latency_ms"]["drift"] = {"stats": round((time.perf_counter() - t0) * 1e3, 3)}
         rec["drift"] = drift.last
-    return rec
+    return rec, results
 
 
-def annotate(img: np.ndarray, rec: dict) -> np.ndarray:
+def annotate(img: np.ndarray, rec: dict, results: dict) -> np.ndarray:
     out = img.copy()
-    mask = rec.get("_mask")
+    mask = results.get("segmenter")
     if mask is not None:
         out[mask > 0] = (0.5 * out[mask > 0] + [0, 0, 127]).astype(np.uint8)
     for b in rec.get("boxes", []):
@@ -223,12 +224,6 @@ def summarize(latencies: dict[str, list[float]], frames: int, seconds: float, st
             p50, p99 = np.percentile(v, [50, 99])
             out["latency_ms"][k] = {"p50": round(float(p50), 3), "p99": round(float(p99), 3)}
     return out
-
-
-def write_atomic(path: Path, text: str) -> None:
-    tmp = path.with_name(path.name + ".tmp")
-    tmp.write_text(text)
-    os.replace(tmp, path)
 
 
 def run(args: argparse.Namespace) -> int:
@@ -251,7 +246,7 @@ def run(args: argparse.Namespace) -> int:
         for frame, prepared in frames:
             t0 = time.perf_counter()
             cap = capture if capture is not None and frame.id % args.capture_every == 0 else None
-            rec = process(frame, det, seg, cap, prepared, drift, args.drift_every)
+            rec, results = process(frame, det, seg, cap, prepared, drift, args.drift_every)
             d = rec["drift"]
             if d and d["score"] is not None:
                 drift_max = max(drift_max or 0.0, d["score"])
@@ -262,9 +257,7 @@ def run(args: argparse.Namespace) -> int:
                           "the training data", file=sys.stderr)
                 drifting = d["warning"]
             if annotate_dir:
-                cv2.imwrite(str(annotate_dir / f"{frame.id:08d}.jpg"), annotate(frame.image, rec))
-            rec.pop("_det", None)
-            rec.pop("_mask", None)
+                cv2.imwrite(str(annotate_dir / f"{frame.id:08d}.jpg"), annotate(frame.image, rec, results))
             for name, stages in rec["latency_ms"].items():
                 for s, v in stages.items():
                     latencies.setdefault(f"{name}.{s}", []).append(v)
@@ -306,7 +299,7 @@ def bench(args: argparse.Namespace) -> int:
     base = cv2.GaussianBlur(rng.integers(0, 256, (h, w, 3), dtype=np.uint8), (0, 0), 3)  # image-like, not noise
     lat: dict[str, list[float]] = {}
     for i in range(args.frames + 20):
-        rec = process(Frame(i, str(i), time.time(), np.roll(base, i, axis=1)), det, seg, drift=drift)
+        rec, _ = process(Frame(i, str(i), time.time(), np.roll(base, i, axis=1)), det, seg, drift=drift)
         if i < 20:  # warm-up
             continue
         for name, stages in rec["latency_ms"].items():

@@ -9,12 +9,12 @@ with the reference preprocessing of the same frames, without labels. numpy + Ope
 from __future__ import annotations
 
 import dataclasses
-import os
 from pathlib import Path
 
 import cv2
 import numpy as np
 
+from deploy.atomic import atomic_path, write_atomic
 from deploy.errors import EdgeVisionError
 from deploy.preprocess import ImageReadError, Letterbox, read_image
 
@@ -32,14 +32,10 @@ def save_capture(folder: str | Path, frame_id: str, frame: np.ndarray, tensor: n
     ok, png = cv2.imencode(".png", frame)
     if not ok:
         raise CaptureError(f"{folder / frame_id}.png: OpenCV could not encode the frame")
-    tmp = folder / f".{frame_id}.png.tmp"
-    tmp.write_bytes(png.tobytes())
-    os.replace(tmp, folder / f"{frame_id}.png")
-    tmp = folder / f".{frame_id}.npz.tmp"
-    with open(tmp, "wb") as f:
+    write_atomic(folder / f"{frame_id}.png", png.tobytes(), hidden=True)
+    with atomic_path(folder / f"{frame_id}.npz", hidden=True) as tmp, open(tmp, "wb") as f:
         np.savez(f, tensor=np.ascontiguousarray(tensor), letterbox=np.array(
             [getattr(lb, k) for k in LETTERBOX_FIELDS], dtype=np.float64))
-    os.replace(tmp, folder / f"{frame_id}.npz")
 
 
 def load_capture(npz_path: str | Path) -> tuple[np.ndarray, Letterbox]:

@@ -14,13 +14,13 @@ class OptionError(EdgeVisionError, ValueError):
     """An output path the run could not write (the message names the option and the fix)."""
 
 
-def number(kind: type, low: float, strict: bool = False):
-    """argparse type: a `kind` >= low (> low if strict); `--drift-window 0` is refused, not NaN in the output."""
+def number(cast: type, low: float, strict: bool = False):
+    """argparse type: a `cast` >= low (> low if strict); `--drift-window 0` is refused, not NaN in the output."""
     def parse(text: str):
         try:
-            v = kind(text)
+            v = cast(text)
         except ValueError:
-            raise argparse.ArgumentTypeError(f"expected {kind.__name__}, got {text!r}") from None
+            raise argparse.ArgumentTypeError(f"expected {cast.__name__}, got {text!r}") from None
         if not (v > low if strict else v >= low):  # also refuses NaN
             raise argparse.ArgumentTypeError(f"must be {'>' if strict else '>='} {low}, got {text}")
         return v

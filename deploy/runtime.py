@@ -27,7 +27,36 @@ def session_options(threads: int | None) -> ort.SessionOptions:
     return so
 
 
-class OrtModel:
+class ContractModel:
+    """An exported model configured by its own contract: the pre- and postprocessing every backend shares.
+    A backend (OrtModel here, deploy.trt_runtime.TrtModel) sets `path` and `contract` and implements infer."""
+
+    path: Path
+    contract: Contract
+
+    @property
+    def task(self) -> str:
+        return self.contract.task
+
+    def infer(self, tensor: np.ndarray) -> list[np.ndarray]:
+        """(3, H, W) or (B, 3, H, W) uint8 -> raw outputs, in contract order."""
+        raise NotImplementedError
+
+    def postprocess(self, outputs: list[np.ndarray], lb: Letterbox) -> Detections | np.ndarray:
+        if self.task == "detector":
+            return decode_detections(outputs[0], outputs[1], lb, **self.contract.postprocess)
+        return decode_mask(outputs[0], lb)
+
+    def prepare(self, img_bgr: np.ndarray) -> tuple[np.ndarray, Letterbox]:
+        """BGR frame -> the exact uint8 input tensor this model gets, by its own contract."""
+        return preprocess(img_bgr, self.contract.preprocess)
+
+    def predict(self, img_bgr: np.ndarray) -> Detections | np.ndarray:
+        tensor, lb = self.prepare(img_bgr)
+        return self.postprocess(self.infer(tensor), lb)
+
+
+class OrtModel(ContractModel):
     """One exported model (detector or segmenter) behind ONNX Runtime, configured by its own metadata."""
 
     def __init__(self, path: str | Path, threads: int | None = None, providers: list[str] | None = None):
@@ -64,25 +93,8 @@ class OrtModel:
             raise ContractError(f"{self.path}: outputs {names} disagree with the contract's {c.outputs}")
         c.check_outputs({o.name: o.shape for o in self.session.get_outputs()}, str(self.path))
 
-    @property
-    def task(self) -> str:
-        return self.contract.task
-
     def infer(self, tensor: np.ndarray) -> list[np.ndarray]:
         """(3, H, W) or (B, 3, H, W) uint8 -> raw outputs, in contract order."""
         if tensor.ndim == 3:
             tensor = tensor[None]
         return self.session.run(None, {self.input_name: tensor})
-
-    def postprocess(self, outputs: list[np.ndarray], lb: Letterbox) -> Detections | np.ndarray:
-        if self.task == "detector":
-            return decode_detections(outputs[0], outputs[1], lb, **self.contract.postprocess)
-        return decode_mask(outputs[0], lb)
-
-    def prepare(self, img_bgr: np.ndarray) -> tuple[np.ndarray, Letterbox]:
-        """BGR frame -> the exact uint8 input tensor this model gets, by its own contract."""
-        return preprocess(img_bgr, self.contract.preprocess)
-
-    def predict(self, img_bgr: np.ndarray) -> Detections | np.ndarray:
-        tensor, lb = self.prepare(img_bgr)
-        return self.postprocess(self.infer(tensor), lb)

@@ -13,13 +13,13 @@ from __future__ import annotations
 
 import hashlib
 import json
-import os
 import re
 import shutil
 import subprocess
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
+from deploy.atomic import write_atomic
 from deploy.errors import EdgeVisionError
 
 PRECISIONS = ("fp32", "fp16", "int8")
@@ -119,9 +119,7 @@ def build_engine(onnx_path: Path, out: Path, precision: str, workspace_mb: int =
     if plan is None:
         raise RuntimeError(f"{onnx_path}: TensorRT engine build failed ({precision}); see the log above")
     out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = out.with_name(out.name + ".tmp")
-    tmp.write_bytes(bytes(plan))
-    os.replace(tmp, out)
+    write_atomic(out, bytes(plan))
     if timing_cache is not None:
         timing_cache.parent.mkdir(parents=True, exist_ok=True)
         timing_cache.write_bytes(bytes(config.get_timing_cache().serialize()))

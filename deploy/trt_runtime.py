@@ -15,8 +15,7 @@ import numpy as np
 import onnxruntime as ort
 
 from deploy.contract import Contract
-from deploy.postprocess import Detections, decode_detections, decode_mask
-from deploy.preprocess import Letterbox, preprocess
+from deploy.runtime import ContractModel
 from deploy.trt_engine import TensorRTUnavailable, cached_engine, import_tensorrt
 
 
@@ -46,8 +45,8 @@ def read_contract(onnx_path: Path) -> Contract:
     return Contract.from_metadata(meta.custom_metadata_map, str(onnx_path))
 
 
-class TrtModel:
-    """One exported model run by a TensorRT engine; the interface of deploy.runtime.OrtModel."""
+class TrtModel(ContractModel):
+    """One exported model run by a TensorRT engine; pre- and postprocessing from ContractModel."""
 
     def __init__(self, onnx_path: str | Path, precision: str, cache_dir: str | Path = "engines"):
         trt = import_tensorrt()
@@ -73,10 +72,6 @@ class TrtModel:
         self.output_names = [n for n in self.contract.outputs if n in self.outputs]
         self.contract.check_outputs({n: list(h.shape) for n, h in self.outputs.items()}, str(self.path))
 
-    @property
-    def task(self) -> str:
-        return self.contract.task
-
     def infer(self, tensor: np.ndarray) -> list[np.ndarray]:
         """(3, H, W) or (1, 3, H, W) uint8 -> outputs in contract order (copies of the reused buffers)."""
         cudart = self.cudart
@@ -91,18 +86,6 @@ class TrtModel:
             _check(cudart.cudaMemcpyAsync(out.ctypes.data, self.device[n], out.nbytes, d2h, self.stream))
         _check(cudart.cudaStreamSynchronize(self.stream))
         return [self.outputs[n].copy() for n in self.output_names]
-
-    def postprocess(self, outputs: list[np.ndarray], lb: Letterbox) -> Detections | np.ndarray:
-        if self.task == "detector":
-            return decode_detections(outputs[0], outputs[1], lb, **self.contract.postprocess)
-        return decode_mask(outputs[0], lb)
-
-    def prepare(self, img_bgr: np.ndarray) -> tuple[np.ndarray, Letterbox]:
-        return preprocess(img_bgr, self.contract.preprocess)
-
-    def predict(self, img_bgr: np.ndarray) -> Detections | np.ndarray:
-        tensor, lb = self.prepare(img_bgr)
-        return self.postprocess(self.infer(tensor), lb)
 
     def __del__(self):
         for ptr in getattr(self, "device", {}).values():

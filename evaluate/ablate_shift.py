@@ -24,6 +24,7 @@ from evaluate.robustness import METRICS, evaluate_model
 from train.checkpoint import load_checkpoint
 from train.config import ConfigError, load_config
 from train.loop import fit
+from train.run_dir import RunDir
 
 ARMS = ("none", "shift")
 
@@ -57,14 +58,14 @@ def mean_results(per_seed: list[dict]) -> dict:
             "shifted_mean": avg([r["shifted_mean"] for r in per_seed]) if first["shifted_mean"] else {}}
 
 
-def arm_results(run: Path, kind: str, split: str, limit: int | None) -> dict:
-    r = evaluate_model(kind, run, "torch", split, limit, corruptions=())
+def arm_results(run: Path, task: str, split: str, limit: int | None) -> dict:
+    r = evaluate_model(task, run, "torch", split, limit, corruptions=())
     shifted = {sp: {k: v for k, v in m.items() if k != "drop"} for sp, m in r["shifted"].items()}
     mean = {k: round(float(np.mean([m[k] for m in shifted.values()])), 4) for k in r["metrics"]} if shifted else {}
     return {"clean": r["clean"], "shifted": shifted, "shifted_mean": mean}
 
 
-def main(argv: list[str] | None = None) -> int:
+def get_args_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="python -m evaluate.ablate_shift", description=__doc__,
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--config", default="configs/ablate-shift.yaml")
@@ -75,7 +76,11 @@ def main(argv: list[str] | None = None) -> int:
                    help="train each arm with seeds seed..seed+N-1 (runs <arm>-seed<k>/) and report the means")
     p.add_argument("--reuse", action="store_true",
                    help="keep an arm's model already in --out when it was trained from the same config")
-    args = p.parse_args(argv)
+    return p
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = get_args_parser().parse_args(argv)
     try:
         base = load_config(args.config)
         if args.seeds < 1:
@@ -84,47 +89,48 @@ def main(argv: list[str] | None = None) -> int:
         print(f"error: {e}", file=sys.stderr)
         return 2
     out = Path(args.out)
-    kinds = [k for k in ("detector", "segmenter") if getattr(base, k) is not None]
+    tasks = [k for k in ("detector", "segmenter") if getattr(base, k) is not None]
     results: dict = {}
     for arm in ARMS:
         results[arm] = {}
-        for kind in kinds:
+        for task in tasks:
             per_seed = []
             for k in range(args.seeds):
                 cfg = with_seed(with_augment(base, arm), k)
-                task, run = getattr(cfg, kind), out / (arm if k == 0 else f"{arm}-seed{k}")
-                best = run / kind / "best.pt"
+                task_cfg, run = getattr(cfg, task), out / (arm if k == 0 else f"{arm}-seed{k}")
+                best = RunDir.of(run).checkpoint(task)
                 if args.reuse and best.is_file() and load_checkpoint(best)["config_hash"] == cfg.hash():
-                    print(f"{arm}: reusing the {kind} in {best} (same config)", flush=True)
+                    print(f"{arm}: reusing the {task} in {best} (same config)", flush=True)
                 else:
-                    print(f"{arm}: training the {kind}, {task.train.epochs} epochs, seed {task.train.seed}", flush=True)
-                    fit(kind, task, cfg, run / kind)
-                per_seed.append(arm_results(run, kind, args.split, args.limit))
-            results[arm][kind] = {**mean_results(per_seed), "per_seed": per_seed} if args.seeds > 1 else per_seed[0]
-    summary = {kind: {m: {"clean_delta": round(results["shift"][kind]["clean"][m] - results["none"][kind]["clean"][m],
+                    s = task_cfg.train
+                    print(f"{arm}: training the {task}, {s.epochs} epochs, seed {s.seed}", flush=True)
+                    fit(task, task_cfg, cfg, RunDir.of(run).task_dir(task))
+                per_seed.append(arm_results(run, task, args.split, args.limit))
+            results[arm][task] = {**mean_results(per_seed), "per_seed": per_seed} if args.seeds > 1 else per_seed[0]
+    summary = {task: {m: {"clean_delta": round(results["shift"][task]["clean"][m] - results["none"][task]["clean"][m],
                                                4),
-                          "shifted_delta": round(results["shift"][kind]["shifted_mean"][m]
-                                                 - results["none"][kind]["shifted_mean"][m], 4)}
-                      for m in METRICS[kind]} for kind in kinds if results["none"][kind]["shifted_mean"]}
+                          "shifted_delta": round(results["shift"][task]["shifted_mean"][m]
+                                                 - results["none"][task]["shifted_mean"][m], 4)}
+                      for m in METRICS[task]} for task in tasks if results["none"][task]["shifted_mean"]}
     results["summary"] = summary
     results["setup"] = {"config": args.config, "split": args.split, "arms": list(ARMS), "seeds": args.seeds,
-                        "epochs": {k: getattr(base, k).train.epochs for k in kinds}}
+                        "epochs": {k: getattr(base, k).train.epochs for k in tasks}}
     out.mkdir(parents=True, exist_ok=True)
     (out / "results.json").write_text(json.dumps(results, indent=2))
     print(f"\n{'model':<10} {'metric':<9} {'clean none':>11} {'clean shift':>12} {'shifted none':>13} "
           f"{'shifted shift':>14}   (shifted = mean over {args.split}_* splits)")
-    for kind in kinds:
-        n, s = results["none"][kind], results["shift"][kind]
-        for m in METRICS[kind]:
-            print(f"{kind:<10} {m:<9} {n['clean'][m]:>11.4f} {s['clean'][m]:>12.4f} "
+    for task in tasks:
+        n, s = results["none"][task], results["shift"][task]
+        for m in METRICS[task]:
+            print(f"{task:<10} {m:<9} {n['clean'][m]:>11.4f} {s['clean'][m]:>12.4f} "
                   f"{n['shifted_mean'].get(m, float('nan')):>13.4f} {s['shifted_mean'].get(m, float('nan')):>14.4f}")
         if args.seeds > 1:
             print("  clean per seed    " + "  ".join(
                 f"{m} {[x['clean'][m] for x in n['per_seed']]} -> {[x['clean'][m] for x in s['per_seed']]}"
-                for m in METRICS[kind]))
+                for m in METRICS[task]))
         for sp in n["shifted"]:
             print(f"  {sp:<17} " + "  ".join(f"{m} {n['shifted'][sp][m]:.4f} -> {s['shifted'][sp][m]:.4f}"
-                                            for m in METRICS[kind]))
+                                            for m in METRICS[task]))
     print(f"results: {out / 'results.json'}")
     return 0
 

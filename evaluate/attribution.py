@@ -16,9 +16,9 @@ from pathlib import Path
 import cv2
 import numpy as np
 
+from datasets.metrics import EvalSet, PreprocessFn, Runner
 from deploy.postprocess import Detections
 from deploy.preprocess import read_image
-from evaluate.metrics import EvalSet, PreprocessFn, Runner
 
 CELLS = ("reference/fp32", "reference/int8", "deployed/fp32", "deployed/int8")
 
@@ -76,7 +76,7 @@ def output_divergence(fp32: Runner, int8: Runner, ref_fn: PreprocessFn, images: 
 
 def per_image_agreement(ev: EvalSet, reference, candidate) -> list[float]:
     """Per image: F1 of box matches (IoU >= 0.5, same class, score >= 0.3) or pixel agreement of masks."""
-    if ev.kind == "segmenter":
+    if ev.task == "segmenter":
         return [float((a == b).mean()) for a, b in zip(reference, candidate, strict=True)]
     out = []
     for image_id in sorted(reference):
@@ -106,7 +106,7 @@ def _box_f1(ref: Detections, cand: Detections | None, min_score: float = 0.3) ->
 def save_worst(ev: EvalSet, preds: dict, out_dir: Path, k: int = 3) -> list[dict]:
     """The k images where each stage changed the fp32/reference result most, drawn side by side."""
     out_dir.mkdir(parents=True, exist_ok=True)
-    if ev.kind == "detector":  # predictions are keyed by image id; per_image_agreement walks them sorted
+    if ev.task == "detector":  # predictions are keyed by image id; per_image_agreement walks them sorted
         path_of = {r.image_id: r.path for r in ev.coco.records}
         keys = sorted(preds["reference/fp32"])
         paths = [path_of[i] for i in keys]
@@ -129,7 +129,7 @@ def save_worst(ev: EvalSet, preds: dict, out_dir: Path, k: int = 3) -> list[dict
 
 def _draw(ev: EvalSet, img: np.ndarray, pred) -> np.ndarray:
     img = img.copy()
-    if ev.kind == "detector":
+    if ev.task == "detector":
         keep = pred.scores >= 0.3
         for b in pred.boxes[keep].astype(int):
             cv2.rectangle(img, (b[0], b[1]), (b[2], b[3]), (0, 255, 0), 1)

@@ -23,13 +23,13 @@ import numpy as np
 import torch
 
 from datasets.config import DatasetError
+from datasets.metrics import PRIMARY, EvalSet
 from deploy.preprocess import PreprocessSpec, preprocess, read_image
 from deploy.runtime import OrtModel
-from evaluate.metrics import EvalSet
 from evaluate.plots import plot_pareto, plot_pr
 from evaluate.report import render_markdown, write_report
-from train.checkpoint import CheckpointError, load_checkpoint, model_from_checkpoint
-from train.loop import torch_runner
+from train.checkpoint import CheckpointError, load_checkpoint, model_from_checkpoint, torch_runner
+from train.run_dir import VARIANT_FILES, RunDir
 
 
 def get_args_parser() -> argparse.ArgumentParser:
@@ -50,9 +50,15 @@ def latency_ms(fn: Callable[[], object], warmup: int, repeats: int) -> dict:
         t0 = time.perf_counter()
         fn()
         times[i] = (time.perf_counter() - t0) * 1e3
-    p50, p90, p99 = np.percentile(times, [50, 90, 99])
-    return {"p50": float(p50), "p90": float(p90), "p99": float(p99), "mean": float(times.mean()),
-            "fps": float(1e3 / times.mean())}  # batch 1, back to back
+    return latency_stats(times)
+
+
+def latency_stats(times_ms) -> dict:
+    """p50 / p90 / p99 / mean of per-call times, and the throughput of batch-1 calls back to back."""
+    t = np.asarray(times_ms, dtype=np.float64)
+    p50, p90, p99 = np.percentile(t, [50, 90, 99])
+    return {"p50": float(p50), "p90": float(p90), "p99": float(p99), "mean": float(t.mean()),
+            "fps": float(1e3 / t.mean())}
 
 
 _PEAK_SCRIPT = """
@@ -98,24 +104,16 @@ def interleaved_latency(runners: dict[str, Callable[[], object]], warmup: int, r
                 t0 = time.perf_counter()
                 fn()
                 samples[name].append((time.perf_counter() - t0) * 1e3)
-    out = {}
-    for name, t in samples.items():
-        t = np.asarray(t)
-        p50, p90, p99 = np.percentile(t, [50, 90, 99])
-        out[name] = {"p50": float(p50), "p90": float(p90), "p99": float(p99), "mean": float(t.mean()),
-                     "fps": float(1e3 / t.mean())}
-    return out
+    return {name: latency_stats(t) for name, t in samples.items()}
 
 
-def onnx_variants(kind: str, export: Path) -> list[tuple[str, Path]]:
-    names = [("fp32", f"{kind}.onnx"), ("int8", f"{kind}.int8.onnx"),
-             ("int8-trt", f"{kind}.int8-trt.onnx"),  # the TensorRT QDQ file, run by ONNX Runtime here
-             ("fp32.ort", f"mobile/{kind}.ort"), ("int8.ort", f"mobile/{kind}.int8.ort")]
-    return [(v, export / f) for v, f in names if (export / f).is_file()]
+def onnx_variants(task: str, run: RunDir) -> list[tuple[str, Path]]:
+    """Every exported variant present (int8-trt: the TensorRT QDQ file, run by ONNX Runtime here)."""
+    return [(v, run.model(task, v)) for v in VARIANT_FILES if run.model(task, v).is_file()]
 
 
-def bench_model(kind: str, run: Path, split: str, warmup: int, repeats: int, limit: int | None) -> dict:
-    ckpt = load_checkpoint(run / kind / "best.pt")
+def bench_model(task: str, run: Path, split: str, warmup: int, repeats: int, limit: int | None) -> dict:
+    ckpt = load_checkpoint(RunDir.of(run).checkpoint(task))
     ev = EvalSet.from_checkpoint(ckpt, split, limit)
     spec = PreprocessSpec.from_dict(ckpt["preprocess"])
     x, _ = preprocess(read_image(ev.images[0]), spec)
@@ -133,7 +131,7 @@ def bench_model(kind: str, run: Path, split: str, warmup: int, repeats: int, lim
     out["torch"] = {**ev.score(run_torch, lambda img: preprocess(img, spec), ckpt["postprocess"]),
                     "latency_ms": lat, "size_mb": None, "params": ckpt.get("params"), "gflops": ckpt.get("gflops")}
     preds = {}
-    variants = onnx_variants(kind, run / "export")
+    variants = onnx_variants(task, RunDir.of(run))
     lat = {f"{n}t": interleaved_latency({v: _runner(OrtModel(p, threads=n), x) for v, p in variants}, warmup, repeats)
            for n in (1, threads_all)}
     for variant, path in variants:
@@ -143,21 +141,21 @@ def bench_model(kind: str, run: Path, split: str, warmup: int, repeats: int, lim
         out[variant] = {**ev.score_predictions(preds[variant]), "latency_ms": {t: v[variant] for t, v in lat.items()},
                         "peak_memory_mb": peak_memory_mb(path), "size_mb": path.stat().st_size / 2**20,
                         "file": str(path.relative_to(run))}
-    out.update(tensorrt_variants(kind, run, ev, x, warmup, repeats))
+    out.update(tensorrt_variants(task, run, ev, x, warmup, repeats))
     if ev.is_train:
         out["note"] = {"split": f"the {split} split is the training images: figures measure quantization "
                                 "fidelity, not generalisation"}
     for variant in [v for v in preds if v != "fp32" and "fp32" in preds]:
         # quantization fidelity without labels: each variant scored against the fp32 model's own predictions
         agree = ev.score_predictions(preds[variant], reference=preds["fp32"])
-        out[variant]["agreement"] = agree["map50"] if kind == "detector" else agree["miou"]
+        out[variant]["agreement"] = agree["map50"] if task == "detector" else agree["miou"]
         for t in out[variant]["latency_ms"]:
             out[variant][f"speedup_{t}"] = out["fp32"]["latency_ms"][t]["p50"] / out[variant]["latency_ms"][t]["p50"]
         out[variant]["size_ratio"] = out[variant]["size_mb"] / out["fp32"]["size_mb"]
     return out
 
 
-def tensorrt_variants(kind: str, run: Path, ev: EvalSet, x, warmup: int, repeats: int) -> dict:
+def tensorrt_variants(task: str, run: Path, ev: EvalSet, x, warmup: int, repeats: int) -> dict:
     """TensorRT FP16 / INT8 engines where TensorRT and a GPU are present; nothing (and a note) elsewhere."""
     from deploy.trt_engine import TensorRTUnavailable, import_tensorrt
 
@@ -172,10 +170,10 @@ def tensorrt_variants(kind: str, run: Path, ev: EvalSet, x, warmup: int, repeats
 def make_plots(report: dict, out: Path) -> list[str]:
     out.mkdir(parents=True, exist_ok=True)
     files = []
-    for kind, metric in (("detector", "map"), ("segmenter", "thin_iou")):
-        if kind in report:
-            variants = {k: v for k, v in report[kind].items() if isinstance(v, dict) and "latency_ms" in v}
-            files.append(plot_pareto(kind, variants, metric, "1t", out).name)
+    for task, metric in PRIMARY.items():
+        if task in report:
+            variants = {k: v for k, v in report[task].items() if isinstance(v, dict) and "latency_ms" in v}
+            files.append(plot_pareto(task, variants, metric, "1t", out).name)
     if "detector" in report:
         curves = {k: np.array(v["pr50"]) for k, v in report["detector"].items() if isinstance(v, dict) and "pr50" in v}
         files.append(plot_pr(curves, out).name)
@@ -193,13 +191,12 @@ def main(argv: list[str] | None = None) -> int:
     run = Path(args.run)
     try:
         report = {"machine": machine(), "split": args.split}
-        for kind in ("detector", "segmenter"):
-            if (run / kind / "best.pt").is_file():
-                print(f"bench: {kind} ...", flush=True)
-                report[kind] = bench_model(kind, run, args.split, args.warmup, args.repeats, args.limit)
+        for task in RunDir.of(run).trained():
+            print(f"bench: {task} ...", flush=True)
+            report[task] = bench_model(task, run, args.split, args.warmup, args.repeats, args.limit)
         if not any(k in report for k in ("detector", "segmenter")):
             raise CheckpointError(f"{run}: nothing to benchmark; run `make train` and `make export` first")
-        report["plots"] = make_plots(report, run / "bench")
+        report["plots"] = make_plots(report, RunDir.of(run).bench)
         write_report(run, report)
         print(render_markdown(report))
         return 0

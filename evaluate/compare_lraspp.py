@@ -14,29 +14,24 @@ import json
 import os
 import sys
 import tempfile
-import time
 from pathlib import Path
 
 import torch
 from torch import nn
-from torch.utils.data import DataLoader
 from torchvision.models.segmentation import lraspp_mobilenet_v3_large
 
+from datasets.metrics import METRICS, EvalSet
 from deploy.contract import Contract
 from deploy.preprocess import preprocess, read_image
 from deploy.runtime import OrtModel
 from evaluate.bench import interleaved_latency
-from evaluate.metrics import EvalSet
 from export.onnx_export import export_onnx
-from train.checkpoint import load_checkpoint, model_from_checkpoint
+from train.checkpoint import load_checkpoint, model_from_checkpoint, torch_runner
 from train.config import load_config
-from train.data import build_dataset
-from train.ema import ModelEMA
-from train.loop import build_optimizer, fit, model_cost, set_seed, torch_runner, train_one_epoch, warmup_cosine
-from train.losses import SegmentationLoss
+from train.loop import fit, model_cost, set_seed
 from train.models import InputNormalize
 
-KEYS = ("miou", "thin_iou", "cldice", "boundary_f1", "recall_1_2px")
+KEYS = METRICS["segmenter"]
 
 
 class LRASPPNet(nn.Module):
@@ -51,53 +46,44 @@ class LRASPPNet(nn.Module):
         return self.net(self.normalize(x))["out"]  # (B, K, H, W)
 
 
-def train_lraspp(cfg) -> nn.Module:
-    task, s = cfg.segmenter, cfg.segmenter.train
-    set_seed(s.seed)
-    data = cfg.dataset()
-    train_set = build_dataset("segmenter", data, "train", task.preprocess_spec(), s.augment, s.cache_images,
-                              s.augment_target)
-    model = LRASPPNet(len(data.segmentation.classes), task.channel_order)
-    loader = DataLoader(train_set, batch_size=s.batch_size, shuffle=True, drop_last=True,
-                        generator=torch.Generator().manual_seed(s.seed))
-    criterion = SegmentationLoss(len(data.segmentation.classes), task.loss.dice_weight, task.loss.class_weights,
-                                 task.loss.cldice_weight)
-    opt = build_optimizer(model, s.lr, s.weight_decay)
-    total = s.epochs * len(loader)
-    sched = torch.optim.lr_scheduler.LambdaLR(opt, warmup_cosine(min(s.warmup_iters, total // 2), total))
-    ema = ModelEMA(model, s.ema_decay) if s.ema_decay else None
-    for epoch in range(1, s.epochs + 1):
-        t0 = time.time()
-        losses = train_one_epoch(model, criterion, loader, opt, sched, epoch, s.grad_clip, torch.device("cpu"), ema)
-        print(f"  lraspp epoch {epoch}  loss {losses['loss']:.4g}  seconds {time.time() - t0:.1f}", flush=True)
-    return (ema.module if ema is not None else model).eval()
+def train_lraspp(cfg, out: Path) -> nn.Module:
+    """LR-ASPP through `fit`: the same data, augmentation, loss, schedule, EMA and best-on-val checkpoint."""
+    task_cfg = cfg.segmenter
+    set_seed(task_cfg.train.seed)  # fit seeds again after building; this makes the initial weights reproducible
+    model = LRASPPNet(len(cfg.dataset().segmentation.classes), task_cfg.channel_order)
+    fit("segmenter", task_cfg, cfg, out, model=model)
+    model.load_state_dict(load_checkpoint(out / "best.pt")["state_dict"])
+    return model.eval()
 
 
 def _runner(model: OrtModel, x):
     return lambda: model.infer(x)
 
 
-def main(argv: list[str] | None = None) -> int:
+def get_args_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="python -m evaluate.compare_lraspp", description=__doc__,
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--config", default="configs/demo.yaml")
     p.add_argument("--out", default="runs/compare-lraspp")
     p.add_argument("--repeats", type=int, default=200)
-    args = p.parse_args(argv)
+    return p
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = get_args_parser().parse_args(argv)
     cfg = load_config(args.config)
     if cfg.segmenter is None:
         print(f"error: {args.config} has no segmenter section", file=sys.stderr)
         return 2
     out = Path(args.out)
-    task = cfg.segmenter
-    print(f"ours: training {task.train.epochs} epochs", flush=True)
-    fit("segmenter", task, cfg, out / "ours" / "segmenter")
+    task_cfg = cfg.segmenter
+    print(f"ours: training {task_cfg.train.epochs} epochs", flush=True)
+    fit("segmenter", task_cfg, cfg, out / "ours" / "segmenter")
     ckpt = load_checkpoint(out / "ours" / "segmenter" / "best.pt")
     models = {"ours": model_from_checkpoint(ckpt).eval()}
-    print(f"lraspp_mobilenet_v3_large: training {task.train.epochs} epochs", flush=True)
-    models["lraspp"] = train_lraspp(cfg)
-    torch.save(models["lraspp"].state_dict(), out / "lraspp.pt")  # kept for re-scoring
-    spec = task.preprocess_spec()
+    print(f"lraspp_mobilenet_v3_large: training {task_cfg.train.epochs} epochs", flush=True)
+    models["lraspp"] = train_lraspp(cfg, out / "lraspp" / "segmenter")  # its best.pt is kept for re-scoring
+    spec = task_cfg.preprocess_spec()
     ev = EvalSet("segmenter", cfg.dataset(), "val")
     results = {}
     for name, m in models.items():
@@ -113,9 +99,9 @@ def main(argv: list[str] | None = None) -> int:
             for n, lat in interleaved_latency(runners, 10, args.repeats).items():
                 results[n].setdefault("latency_ms", {})[f"{threads}t"] = lat["p50"]
         for n, m in models.items():
-            params, gflops = model_cost(m, tuple(task.input_size))
+            params, gflops = model_cost(m, tuple(task_cfg.input_size))
             results[n].update(params=params, gflops=gflops, size_mb=os.path.getsize(paths[n]) / 2**20)
-    results["setup"] = {"config": args.config, "epochs": task.train.epochs, "input_size": list(task.input_size),
+    results["setup"] = {"config": args.config, "epochs": task_cfg.train.epochs, "input_size": list(task_cfg.input_size),
                         "cores": os.cpu_count(), "split": "val", "loss": "cross-entropy + Dice, same weights"}
     (out / "results.json").write_text(json.dumps(results, indent=2))
     head = " ".join(f"{k:>12}" for k in KEYS)

@@ -4,6 +4,7 @@ Trains our detector and torchvision's ssdlite320_mobilenet_v3_large (no weights)
 size, epoch budget and schedule; scores both with the same pycocotools code and times both with the same
 ONNX Runtime benchmark; prints one table and writes <out>/results.json.
 
+Both train through the same `train.loop.fit` (data, augmentation, schedule, EMA, best-on-val checkpoint).
 Fairness notes: SSDLite keeps its own box coder, matcher and loss, and its own score threshold (0.001,
 more low-confidence boxes for COCOeval). Its latency is the network alone (backbone + head, exported to
 ONNX); anchor decoding and NMS are left out, while ours includes box decoding. Both are generous to SSDLite.
@@ -16,27 +17,26 @@ import json
 import os
 import sys
 import tempfile
-import time
 from pathlib import Path
 
 import numpy as np
 import onnxruntime as ort
 import torch
 from torch import nn
-from torch.utils.data import DataLoader
 from torchvision.models.detection import ssdlite320_mobilenet_v3_large
+from torchvision.models.detection.image_list import ImageList
+from torchvision.ops import box_iou
 
+from datasets.metrics import EvalSet
 from deploy.contract import Contract
 from deploy.postprocess import Detections
 from deploy.preprocess import boxes_to_image, preprocess, read_image
 from deploy.runtime import session_options
 from evaluate.bench import latency_ms
-from evaluate.metrics import EvalSet
 from export.onnx_export import export_onnx
-from train.checkpoint import load_checkpoint, model_from_checkpoint
+from train.checkpoint import load_checkpoint, model_from_checkpoint, torch_runner
 from train.config import load_config
-from train.data import build_dataset, detection_collate
-from train.loop import build_optimizer, fit, model_cost, set_seed, torch_runner, warmup_cosine
+from train.loop import fit, model_cost, set_seed
 
 
 class SSDLiteNet(nn.Module):
@@ -52,38 +52,41 @@ class SSDLiteNet(nn.Module):
         return out["cls_logits"], out["bbox_regression"]
 
 
-def train_ssdlite(cfg, epochs: int) -> nn.Module:
-    task, s = cfg.detector, cfg.detector.train
-    set_seed(s.seed)
-    spec = task.preprocess_spec()
-    data = cfg.dataset()
-    train_set = build_dataset("detector", data, "train", spec, s.augment, s.cache_images)
+class SSDLiteLoss(nn.Module):
+    """SSDLite's own matcher, box coder and loss (hard negative mining) on SSDLiteNet's outputs, so it trains
+    through the same loop as ours. Anchors depend on the input size only: computed once."""
+
+    def __init__(self, ssd: nn.Module, input_hw: tuple[int, int]):
+        super().__init__()
+        self.ssd = ssd
+        x = torch.zeros(1, 3, *input_hw)
+        with torch.no_grad():  # eval: a probe for shapes must not touch BatchNorm's running statistics
+            features = list(ssd.backbone.eval()(x).values())
+        self.register_buffer("anchors", ssd.anchor_generator(ImageList(x, [tuple(input_hw)]), features)[0])
+
+    def forward(self, cls_logits: torch.Tensor, bbox_regression: torch.Tensor, targets: list[dict]) -> dict:
+        tg = [{"boxes": t["boxes"], "labels": t["labels"] + 1} for t in targets]  # 0 is SSD's background
+        matched = [self.ssd.proposal_matcher(box_iou(t["boxes"], self.anchors)) if len(t["boxes"])
+                   else torch.full((len(self.anchors),), -1, dtype=torch.int64, device=self.anchors.device)
+                   for t in tg]
+        losses = self.ssd.compute_loss(tg, {"cls_logits": cls_logits, "bbox_regression": bbox_regression},
+                                       [self.anchors] * len(tg), matched)
+        return {"loss": losses["bbox_regression"] + losses["classification"], **losses}
+
+
+def train_ssdlite(cfg, out: Path) -> nn.Module:
+    """SSDLite through `fit`: the same data, augmentation, schedule, EMA and best-on-val checkpoint as ours."""
+    task_cfg = cfg.detector
+    spec = task_cfg.preprocess_spec()
+    ev = EvalSet("detector", cfg.dataset(), "val")
+    set_seed(task_cfg.train.seed)  # fit seeds again after building; this makes the initial weights reproducible
     ssd = ssdlite320_mobilenet_v3_large(weights=None, weights_backbone=None,
-                                        num_classes=len(train_set.class_names) + 1)  # + background
-    gen = torch.Generator().manual_seed(s.seed)
-    loader = DataLoader(train_set, batch_size=s.batch_size, shuffle=True, generator=gen,
-                        collate_fn=detection_collate, drop_last=True)
-    opt = build_optimizer(ssd, s.lr, s.weight_decay)
-    total = epochs * len(loader)
-    sched = torch.optim.lr_scheduler.LambdaLR(opt, warmup_cosine(min(s.warmup_iters, total // 2), total))
-    for epoch in range(1, epochs + 1):
-        ssd.train()
-        t0, tot = time.time(), 0.0
-        for images, targets in loader:
-            imgs = [im.float() / 255.0 for im in images]
-            tg = [{"boxes": t["boxes"], "labels": t["labels"] + 1} for t in targets]
-            losses = ssd(imgs, tg)
-            loss = sum(losses.values())
-            if not torch.isfinite(loss):
-                raise FloatingPointError(f"ssdlite: non-finite loss at epoch {epoch}")
-            opt.zero_grad(set_to_none=True)
-            loss.backward()
-            nn.utils.clip_grad_norm_(ssd.parameters(), s.grad_clip)
-            opt.step()
-            sched.step()
-            tot += float(loss.detach())
-        print(f"  ssdlite epoch {epoch}  loss {tot / len(loader):.4g}  seconds {time.time() - t0:.1f}", flush=True)
-    return ssd.eval()
+                                        num_classes=len(ev.coco.class_names) + 1)  # + background
+    net = SSDLiteNet(ssd)
+    fit("detector", task_cfg, cfg, out, model=net, criterion=SSDLiteLoss(ssd, spec.input_size),
+        evaluator=lambda m: eval_ssdlite(m.ssd.eval(), ev, spec))
+    net.load_state_dict(load_checkpoint(out / "best.pt")["state_dict"])
+    return net.eval()
 
 
 def eval_ssdlite(ssd: nn.Module, ev: EvalSet, spec) -> dict:
@@ -107,14 +110,18 @@ def ort_latency(onnx_path: Path, x: np.ndarray, warmup: int, repeats: int) -> di
     return out
 
 
-def main(argv: list[str] | None = None) -> int:
+def get_args_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="python -m evaluate.compare_ssdlite", description=__doc__,
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--config", default="configs/demo.yaml")
     p.add_argument("--out", default="runs/compare-ssdlite")
     p.add_argument("--epochs", type=int, default=None, help="override the config's detector epochs (both models)")
     p.add_argument("--repeats", type=int, default=100)
-    args = p.parse_args(argv)
+    return p
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = get_args_parser().parse_args(argv)
     cfg = load_config(args.config)
     if cfg.detector is None:
         print(f"error: {args.config} has no detector section", file=sys.stderr)
@@ -129,15 +136,14 @@ def main(argv: list[str] | None = None) -> int:
     ckpt = load_checkpoint(out / "ours" / "detector" / "best.pt")
     ours = model_from_checkpoint(ckpt)
     print(f"ssdlite320_mobilenet_v3_large: training {epochs} epochs", flush=True)
-    ssd = train_ssdlite(cfg, epochs)
+    net = train_ssdlite(cfg, out / "ssdlite" / "detector")
     spec = cfg.detector.preprocess_spec()
     ev = EvalSet("detector", cfg.dataset(), "val")
     results = {"ours": ev.score(torch_runner(ours), lambda im: preprocess(im, spec), ckpt["postprocess"]),
-               "ssdlite": eval_ssdlite(ssd, ev, spec)}
+               "ssdlite": eval_ssdlite(net.ssd, ev, spec)}
     x = preprocess(read_image(ev.images[0]), spec)[0][None]
-    net = SSDLiteNet(ssd).eval()
     with tempfile.TemporaryDirectory() as tmp:
-        dummy = Contract("detector", spec, ["x"], "compare", ["cls_logits", "boxes"])
+        dummy = Contract("detector", spec, ev.coco.class_names, "compare", ["cls_logits", "boxes"])
         paths = {"ours": export_onnx(ours, dummy, Path(tmp) / "ours.onnx"),
                  "ssdlite": export_onnx(net, dummy, Path(tmp) / "ssdlite.onnx")}
         for name, model in (("ours", ours), ("ssdlite", net)):

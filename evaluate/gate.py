@@ -20,14 +20,15 @@ from __future__ import annotations
 import argparse
 import importlib
 import json
-import os
 import sys
 from pathlib import Path
 from xml.sax.saxutils import quoteattr
 
 from datasets.config import load_dataset_config
+from datasets.metrics import PRIMARY, EvalSet
+from deploy.atomic import write_atomic
 from deploy.capture import CaptureError, capture_frames, captured_preprocess
-from deploy.contract import TASKS, ContractError
+from deploy.contract import ContractError
 from deploy.errors import EdgeVisionError
 from deploy.preprocess import PreprocessSpec, preprocess, read_image
 from deploy.runtime import OrtModel
@@ -35,16 +36,15 @@ from evaluate import attribution as att
 from evaluate.bench import interleaved_latency
 from evaluate.gate_config import (
     MEASURED_TARGETS,
-    PRIMARY,
     BaselineTolerance,
     GateConfig,
     GateConfigError,
     ModelLimits,
     load_gate_config,
 )
-from evaluate.metrics import EvalSet
 from evaluate.report import write_report
 from train.checkpoint import CheckpointError, load_checkpoint
+from train.run_dir import RunDir
 
 
 def get_args_parser() -> argparse.ArgumentParser:
@@ -74,13 +74,14 @@ def load_function(ref: str):
         raise GateConfigError(f"--deployed-preprocess {ref!r}: cannot load it ({e})") from None
 
 
-def gate_model(kind: str, run: Path, limits: ModelLimits, split: str = "val", deployed_fn=None,
-               limit: int | None = None, labels: bool = True, capture: Path | None = None,
+def gate_model(task: str, run: Path, limits: ModelLimits, split: str = "val", deployed_fn=None,
+               max_images: int | None = None, labels: bool = True, capture: Path | None = None,
                int8_path: Path | None = None, evidence_dir: Path | None = None) -> dict:
     """Cells, deltas, evidence and checks for one model. `int8_path` overrides the exported INT8 file."""
-    ckpt = load_checkpoint(run / kind / "best.pt")
-    fp32 = OrtModel(run / "export" / f"{kind}.onnx")
-    int8 = OrtModel(int8_path or run / "export" / f"{kind}.int8.onnx")
+    rd = RunDir.of(run)
+    ckpt = load_checkpoint(rd.checkpoint(task))
+    fp32 = OrtModel(rd.model(task, "fp32"))
+    int8 = OrtModel(int8_path or rd.model(task, "int8"))
     for m in (fp32, int8):
         if m.contract.config_hash != ckpt["config_hash"]:
             raise ContractError(f"{m.path}: config hash differs from the checkpoint's; re-run `make export`")
@@ -89,20 +90,20 @@ def gate_model(kind: str, run: Path, limits: ModelLimits, split: str = "val", de
     ref_fn = lambda img: preprocess(img, train_spec)  # noqa: E731
     dep_fn = (lambda img: deployed_fn(img, dep_spec)) if deployed_fn else (lambda img: preprocess(img, dep_spec))
     if capture is not None:
-        frames = capture_frames(capture / kind)
+        frames = capture_frames(capture / task)
         dep_fn, labels = captured_preprocess(frames), False
         data = load_dataset_config(ckpt["config"]["data"])
-        thin = data.segmentation.thin_classes if kind == "segmenter" and data.segmentation else ()
-        ev = EvalSet.unlabeled(kind, frames, (evidence_dir or run / "gate") / "work" / kind,
+        thin = data.segmentation.thin_classes if task == "segmenter" and data.segmentation else ()
+        ev = EvalSet.unlabeled(task, frames, (evidence_dir or rd.gate) / "work" / task,
                                fp32.contract.class_names, thin)
     else:
-        ev = EvalSet.from_checkpoint(ckpt, split, limit)
+        ev = EvalSet.from_checkpoint(ckpt, split, max_images)
     post = fp32.contract.postprocess
-    metric = limits.metric or PRIMARY[kind]
+    metric = limits.metric or PRIMARY[task]
     preds = att.predict_cells(ev, {"fp32": fp32.infer, "int8": int8.infer}, {"reference": ref_fn, "deployed": dep_fn},
                               post)
     cells = att.score_cells(ev, preds, metric, labels)
-    out_dir = (evidence_dir or run / "gate") / "worst" / kind
+    out_dir = (evidence_dir or rd.gate) / "worst" / task
     evidence = {
         "input_tensor": att.input_evidence(ref_fn, dep_fn, ev.images),
         "output_sqnr_db": att.output_divergence(fp32.infer, int8.infer, ref_fn, ev.images, fp32.contract.outputs),
@@ -116,31 +117,31 @@ def gate_model(kind: str, run: Path, limits: ModelLimits, split: str = "val", de
     speedup = {"cpu-1thread": lat["fp32"]["p50"] / lat["int8"]["p50"]}  # side by side: survives a busy machine
     size_mb = int8.path.stat().st_size / 2**20
     d = att.deltas(cells)
-    checks = [check(kind, "quantization drop", d["quantization"], limits.max_quantization_drop, "max",
+    checks = [check(task, "quantization drop", d["quantization"], limits.max_quantization_drop, "max",
                     "quantization"),
-              check(kind, "preprocessing drop", d["preprocessing"], limits.max_preprocessing_drop, "max",
+              check(task, "preprocessing drop", d["preprocessing"], limits.max_preprocessing_drop, "max",
                     "preprocessing"),
-              check(kind, "input tensor PSNR dB (reference vs deployed)", evidence["input_tensor"]["min_psnr"],
+              check(task, "input tensor PSNR dB (reference vs deployed)", evidence["input_tensor"]["min_psnr"],
                     limits.min_input_psnr, "min", "preprocessing")]
     if labels:
-        checks.append(check(kind, f"{metric} (deployed int8)", cells["deployed/int8"], limits.min_accuracy, "min"))
+        checks.append(check(task, f"{metric} (deployed int8)", cells["deployed/int8"], limits.min_accuracy, "min"))
     for target, budget in limits.latency_ms.items():
         if target in MEASURED_TARGETS:
-            checks.append(check(kind, f"int8 latency ms ({target})", measured[target], budget, "max"))
+            checks.append(check(task, f"int8 latency ms ({target})", measured[target], budget, "max"))
         else:  # e.g. jetson-orin: measured where TensorRT runs the engine (python -m export.tensorrt)
-            checks.append({**check(kind, f"int8 latency ms ({target})", None, budget, "max"),
+            checks.append({**check(task, f"int8 latency ms ({target})", None, budget, "max"),
                            "skipped": f"no {target} device here"})
-    checks.append(check(kind, "int8 size MB", size_mb, limits.max_size_mb, "max"))
+    checks.append(check(task, "int8 size MB", size_mb, limits.max_size_mb, "max"))
     return {"metric": metric, "labels": labels, "cells": cells, "deltas": d, "evidence": evidence,
             "latency_ms": measured, "speedup": speedup, "size_mb": size_mb, "images": len(ev.images),
             "checks": [c for c in checks if c["limit"] is not None]}  # limits the config leaves out are not checks
 
 
-def check(kind: str, name: str, value, limit, sense: str, stage: str | None = None) -> dict:
+def check(task: str, name: str, value, limit, sense: str, stage: str | None = None) -> dict:
     if limit is None or value is None:
-        return {"name": f"{kind}: {name}", "value": value, "limit": limit, "passed": True, "stage": stage}
+        return {"name": f"{task}: {name}", "value": value, "limit": limit, "passed": True, "stage": stage}
     passed = value >= limit if sense == "min" else value <= limit
-    return {"name": f"{kind}: {name}", "value": float(value), "limit": float(limit), "passed": bool(passed),
+    return {"name": f"{task}: {name}", "value": float(value), "limit": float(limit), "passed": bool(passed),
             "stage": stage}
 
 
@@ -150,26 +151,26 @@ def blame(result: dict) -> str:
     return " + ".join(s for s in ("quantization", "preprocessing") if s in failed) or "none"
 
 
-def baseline_checks(kind: str, result: dict, base: dict, tol: BaselineTolerance) -> list[dict]:
+def baseline_checks(task: str, result: dict, base: dict, tol: BaselineTolerance) -> list[dict]:
     """Regression against the committed baseline: accuracy, INT8 speed-up and size may not get worse than tol.
 
     Speed is judged by the INT8 speed-up over fp32 timed side by side in this run, not by milliseconds: the
     same demo models measured 1.6 / 2.7 ms (detector / segmenter INT8, 1 thread) on one day and 3.0 / 7.7 ms
     on another on this project's shared 2-core machines, while their ratios moved far less.
     """
-    out = [check(kind, f"baseline {result['metric']} (deployed int8, baseline {base['accuracy']:.4f})",
+    out = [check(task, f"baseline {result['metric']} (deployed int8, baseline {base['accuracy']:.4f})",
                  result["cells"]["deployed/int8"], base["accuracy"] - tol.accuracy, "min")]
     if "cpu-1thread" in base.get("speedup", {}):
         ref = base["speedup"]["cpu-1thread"]
-        out.append(check(kind, f"baseline int8 speed-up over fp32 (cpu-1thread, baseline {ref:.2f}x)",
+        out.append(check(task, f"baseline int8 speed-up over fp32 (cpu-1thread, baseline {ref:.2f}x)",
                          result["speedup"]["cpu-1thread"], ref * tol.speedup_ratio, "min"))
-    out.append(check(kind, "baseline size MB", result["size_mb"], base["size_mb"] * tol.size_ratio, "max"))
+    out.append(check(task, "baseline size MB", result["size_mb"], base["size_mb"] * tol.size_ratio, "max"))
     return out
 
 
-def skipped_check(kind: str, name: str, reason: str) -> dict:
+def skipped_check(task: str, name: str, reason: str) -> dict:
     """A check that could not run: printed as [skip] with its reason, a <skipped> case in JUnit."""
-    return {"name": f"{kind}: {name}", "value": None, "limit": None, "passed": True, "stage": None,
+    return {"name": f"{task}: {name}", "value": None, "limit": None, "passed": True, "stage": None,
             "skipped": reason}
 
 
@@ -189,16 +190,10 @@ def junit_xml(gate: dict) -> str:
             f'failures="{failures}" skipped="{skipped}">\n' + "\n".join(cases) + "\n</testsuite>\n")
 
 
-def write_atomic(path: Path, text: str) -> None:
-    tmp = path.with_name(path.name + ".tmp")
-    tmp.write_text(text)
-    os.replace(tmp, path)
-
-
 def judged_tasks(run: Path, cfg: GateConfig, config: str, capture: Path | None) -> tuple[list[str], dict]:
     """The trained tasks this gate judges, and those the config skips (task -> reason). Every trained task
     must have limits or be listed under `skip:`: a typo in a section name may never mean "not judged"."""
-    trained = [t for t in TASKS if (run / t / "best.pt").is_file()]
+    trained = RunDir.of(run).trained()
     if not trained:
         raise CheckpointError(f"{run}: no trained model (no detector/best.pt or segmenter/best.pt); run `make train`")
     judged, skipped = [], {}
@@ -271,17 +266,17 @@ def run_gate(args, cfg: GateConfig) -> dict:
     if args.require_baseline and not args.update_baseline and missing:
         raise GateConfigError("--require-baseline: " + "; ".join(f"{t}: {r}" for t, r in missing.items()))
     models = {}
-    for kind in tasks:
-        r = gate_model(kind, run, cfg.limits(kind), args.split, deployed_fn, args.limit, labels, capture)
-        base, reason = bases[kind]
+    for task in tasks:
+        r = gate_model(task, run, cfg.limits(task), args.split, deployed_fn, args.limit, labels, capture)
+        base, reason = bases[task]
         if args.update_baseline:
             pass
         elif base is not None:
-            r["checks"] += baseline_checks(kind, r, base, cfg.baseline_tolerance)
+            r["checks"] += baseline_checks(task, r, base, cfg.baseline_tolerance)
         else:
-            r["checks"].append(skipped_check(kind, "baseline regression", reason))
+            r["checks"].append(skipped_check(task, "baseline regression", reason))
         r["blame"] = blame(r)
-        models[kind] = r
+        models[task] = r
     checks = [c for m in models.values() for c in m["checks"]]
     gate = {"verdict": "pass" if all(c["passed"] for c in checks) else "fail", "config": args.config,
             "deployed_preprocess": args.capture or args.deployed_preprocess or "runtime",
@@ -310,7 +305,7 @@ def main(argv: list[str] | None = None) -> int:
     except EdgeVisionError as e:  # bad input only: a bug in the gate is a traceback, not "could not run"
         print(f"gate: could not run: {e}", file=sys.stderr)
         return 2
-    out = run / "gate"
+    out = RunDir.of(run).gate
     out.mkdir(parents=True, exist_ok=True)
     write_atomic(out / "gate.json", json.dumps(gate, indent=2))
     write_atomic(out / "gate.junit.xml", junit_xml(gate))
@@ -324,13 +319,13 @@ def print_verdict(gate: dict) -> None:
     print(f"gate ({mode}; deployed preprocessing: {gate['deployed_preprocess']})")
     print(f"{'model':<10} {'metric':<9} {'ref/fp32':>9} {'ref/int8':>9} {'dep/fp32':>9} {'dep/int8':>9} "
           f"{'quant':>7} {'preproc':>8} {'interact':>9}  blame")
-    for kind, g in gate["models"].items():
+    for task, g in gate["models"].items():
         c, d = g["cells"], g["deltas"]
-        print(f"{kind:<10} {g['metric']:<9} {c['reference/fp32']:>9.4f} {c['reference/int8']:>9.4f} "
+        print(f"{task:<10} {g['metric']:<9} {c['reference/fp32']:>9.4f} {c['reference/int8']:>9.4f} "
               f"{c['deployed/fp32']:>9.4f} {c['deployed/int8']:>9.4f} {d['quantization']:>7.4f} "
               f"{d['preprocessing']:>8.4f} {d['interaction']:>9.4f}  {g['blame']}")
         ev = g["evidence"]
-        print(f"  {kind}: input tensors max |diff| {ev['input_tensor']['max_abs']}, min PSNR "
+        print(f"  {task}: input tensors max |diff| {ev['input_tensor']['max_abs']}, min PSNR "
               f"{ev['input_tensor']['min_psnr']:.1f} dB; int8 output SQNR "
               + ", ".join(f"{k} {v:.1f} dB" for k, v in ev["output_sqnr_db"].items())
               + "; worst layer " + (f"{ev['worst_layers'][0]['tensor']} ({ev['worst_layers'][0]['qdq_sqnr']:.1f} dB)"

@@ -12,11 +12,10 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from datasets.config import read_yaml
+from datasets.metrics import METRICS
 from deploy.contract import TASKS
-from evaluate.report import METRICS
 from train.config import ConfigError, build_dataclass
 
-PRIMARY = {"detector": "map50", "segmenter": "thin_iou"}  # the gate's metric where `metric:` is not set
 MEASURED_TARGETS = ("cpu-1thread",)  # latency measured by the gate itself, timed side by side with fp32
 DEVICE_TARGETS = ("jetson-orin",)  # measured where TensorRT runs the engine (python -m export.tensorrt)
 
@@ -31,7 +30,7 @@ class ModelLimits:
 
     max_quantization_drop: float  # ref/fp32 - ref/int8, metric units
     max_preprocessing_drop: float  # ref/fp32 - deployed/fp32
-    metric: str | None = None  # default PRIMARY[task]
+    metric: str | None = None  # default: the primary metric (datasets.metrics.PRIMARY)
     min_input_psnr: float | None = None  # dB, reference vs deployed input tensors, worst image
     min_accuracy: float | None = None  # deployed int8, with labels
     latency_ms: dict[str, float] = field(default_factory=dict)  # int8, batch 1, p50, per target

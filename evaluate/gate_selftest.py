@@ -25,8 +25,10 @@ from pathlib import Path
 import cv2
 import numpy as np
 
+from deploy.errors import EdgeVisionError
 from deploy.preprocess import Letterbox, PreprocessSpec, compute_letterbox, preprocess, read_image
 from deploy.runtime import OrtModel
+from train.run_dir import RunDir
 
 SCENARIOS = {  # name -> (stage the gate must blame, models it applies to)
     "clean": ("none", ("detector", "segmenter")),
@@ -37,7 +39,6 @@ SCENARIOS = {  # name -> (stage the gate must blame, models it applies to)
     "blank_calibration": ("quantization", ("detector", "segmenter")),
     "nothing_excluded": ("quantization", ("detector",)),  # a detection-head fault
 }
-LIMITS = {"max_quantization_drop": 0.03, "max_preprocessing_drop": 0.005, "min_input_psnr": 40}
 
 
 def swap_channels(img: np.ndarray, spec: PreprocessSpec):
@@ -78,31 +79,30 @@ PREPROCESS_FAULTS = {"rgb_bgr_swap": swap_channels, "integer_scale": integer_sca
 
 def prepare(config: Path, out: Path, fresh: bool = False) -> Path:
     """Data, training and export for the self-test config; reused by later runs unless `fresh`."""
-    from datasets.__main__ import main as datasets_main
-    from export.__main__ import main as export_main
-    from train.__main__ import main as train_main
+    from datasets.synthetic import prepare_dataset
+    from export.pipeline import export_run
+    from train.config import load_config
+    from train.loop import train_run
 
     run = out / "run"
     if fresh:
         shutil.rmtree(run, ignore_errors=True)
-    if (run / "export" / "manifest.json").is_file():
+    if (RunDir.of(run).export / "manifest.json").is_file():
         return run
-    steps = (lambda: datasets_main(["generate", "--config", str(config)]),
-             lambda: train_main(["--config", str(config), "--out", str(run)]),
-             lambda: export_main(["--run", str(run)]))
-    if any(step() != 0 for step in steps):
-        raise RuntimeError("gate self-test: data, training or export failed (see above)")
+    prepare_dataset(config)
+    train_run(load_config(config), RunDir.of(run))
+    export_run(run)
     return run
 
 
-def fault_int8(run: Path, kind: str, scenario: str, work: Path) -> Path:
+def fault_int8(run: Path, task: str, scenario: str, work: Path) -> Path:
     from export.onnx_export import contract_from_checkpoint
     from export.quantize import quantize_int8
     from train.checkpoint import load_checkpoint
 
-    ckpt = load_checkpoint(run / kind / "best.pt")
-    fp32 = run / "export" / f"{kind}.onnx"
-    out = work / f"{kind}.{scenario}.int8.onnx"
+    ckpt = load_checkpoint(RunDir.of(run).checkpoint(task))
+    fp32 = RunDir.of(run).model(task)
+    out = work / f"{task}.{scenario}.int8.onnx"
     contract = contract_from_checkpoint(ckpt)
     if scenario == "blank_calibration":  # every activation range comes from a flat frame
         # mid-grey, not white or black: a saturated frame still drives the activations to their extremes,
@@ -121,32 +121,35 @@ def fault_int8(run: Path, kind: str, scenario: str, work: Path) -> Path:
 
 
 def _calib(ckpt: dict) -> list[Path]:
-    from export.__main__ import training_images
+    from export.pipeline import training_images
     from export.quantize import sample_paths
 
     return sample_paths(training_images(ckpt), 64)
 
 
-def run_scenarios(run: Path, work: Path) -> dict:
+def run_scenarios(run: Path, work: Path, gate_config: Path) -> dict:
+    """Each scenario through the gate with the shipped config's limits (blame reads its attribution checks)."""
     from evaluate.gate import blame, gate_model
-    from evaluate.gate_config import ModelLimits
+    from evaluate.gate_config import load_gate_config
+
+    limits = load_gate_config(gate_config)
 
     work.mkdir(parents=True, exist_ok=True)
     verdicts = {}
-    for scenario, (expected, kinds) in SCENARIOS.items():
-        for kind in kinds:
+    for scenario, (expected, tasks) in SCENARIOS.items():
+        for task in tasks:
             fn = PREPROCESS_FAULTS.get(scenario)
-            int8 = fault_int8(run, kind, scenario, work) if expected == "quantization" else None
-            r = gate_model(kind, run, ModelLimits(**LIMITS), deployed_fn=fn,
+            int8 = fault_int8(run, task, scenario, work) if expected == "quantization" else None
+            r = gate_model(task, run, limits.limits(task), deployed_fn=fn,
                            int8_path=int8, evidence_dir=work / scenario)
             got = blame(r)
-            verdicts[f"{scenario}/{kind}"] = {
+            verdicts[f"{scenario}/{task}"] = {
                 "expected": expected, "blamed": got, "ok": got == expected,
                 "quantization": round(r["deltas"]["quantization"], 4),
                 "preprocessing": round(r["deltas"]["preprocessing"], 4),
                 "input_psnr": round(r["evidence"]["input_tensor"]["min_psnr"], 1)}
-            v = verdicts[f"{scenario}/{kind}"]
-            print(f"  {scenario:<18} {kind:<9} quant {v['quantization']:+.4f}  preproc {v['preprocessing']:+.4f}  "
+            v = verdicts[f"{scenario}/{task}"]
+            print(f"  {scenario:<18} {task:<9} quant {v['quantization']:+.4f}  preproc {v['preprocessing']:+.4f}  "
                   f"input PSNR {v['input_psnr']:5.1f} dB  blamed {got:<14} expected {expected:<14} "
                   f"{'ok' if v['ok'] else 'WRONG'}", flush=True)
     return verdicts
@@ -157,6 +160,7 @@ def get_args_parser() -> argparse.ArgumentParser:
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--config", default="configs/gate-selftest.yaml")
     p.add_argument("--out", default="runs/gate-selftest")
+    p.add_argument("--gate-config", default="configs/gate.yaml", help="the gate config whose limits are proven")
     p.add_argument("--runs", type=int, default=1, help="repeat the scenarios; verdicts must be identical")
     p.add_argument("--fresh", action="store_true", help="retrain and re-export instead of reusing --out's models")
     return p
@@ -165,11 +169,15 @@ def get_args_parser() -> argparse.ArgumentParser:
 def main(argv: list[str] | None = None) -> int:
     args = get_args_parser().parse_args(argv)
     out = Path(args.out)
-    run = prepare(Path(args.config), out, args.fresh)
+    try:
+        run = prepare(Path(args.config), out, args.fresh)
+    except EdgeVisionError as e:
+        print(f"gate self-test: could not prepare the models: {e}", file=sys.stderr)
+        return 2
     results = []
     for i in range(args.runs):
         print(f"gate self-test, run {i + 1}/{args.runs}:", flush=True)
-        results.append(run_scenarios(run, out / "scenarios"))
+        results.append(run_scenarios(run, out / "scenarios", Path(args.gate_config)))
     blamed = [{k: v["blamed"] for k, v in r.items()} for r in results]
     stable = all(b == blamed[0] for b in blamed)
     ok = stable and all(v["ok"] for v in results[0].values())

@@ -21,7 +21,7 @@ def pareto_front(points: list[tuple[float, float]]) -> list[int]:
     return front
 
 
-def plot_pareto(kind: str, variants: dict, metric: str, threads: str, out: Path) -> Path:
+def plot_pareto(task: str, variants: dict, metric: str, threads: str, out: Path) -> Path:
     names = [n for n, v in variants.items() if v.get("latency_ms", {}).get(threads) and v.get(metric) is not None]
     pts = [(variants[n]["latency_ms"][threads]["p50"], variants[n][metric]) for n in names]
     front = set(pareto_front(pts))
@@ -34,10 +34,10 @@ def plot_pareto(kind: str, variants: dict, metric: str, threads: str, out: Path)
         ax.plot([p[0] for p in f], [p[1] for p in f], "C0--", lw=1)
     ax.set_xlabel(f"p50 latency ms ({threads})")
     ax.set_ylabel(metric)
-    ax.set_title(f"{kind}: latency vs {metric} (o = Pareto front)")
+    ax.set_title(f"{task}: latency vs {metric} (o = Pareto front)")
     ax.grid(alpha=0.3)
     fig.tight_layout()
-    path = out / f"{kind}_pareto.png"
+    path = out / f"{task}_pareto.png"
     fig.savefig(path, dpi=120)
     plt.close(fig)
     return path
@@ -63,7 +63,7 @@ def plot_pr(curves: dict[str, np.ndarray], out: Path) -> Path:
     return path
 
 
-def plot_robustness(kind: str, result: dict, path: Path) -> Path:
+def plot_robustness(task: str, result: dict, path: Path) -> Path:
     """Heat map of the relative drop vs clean (%): corruption x severity, then the shifted splits, per metric."""
     metrics, sev = result["metrics"], [k for k in next(iter(result["corruptions"].values()), {}) if k.isdigit()]
     rows = list(result["corruptions"]) + list(result["shifted"])
@@ -87,7 +87,7 @@ def plot_robustness(kind: str, result: dict, path: Path) -> Path:
         ax.set_xticks(range(len(sev) + 1), [*sev, "mean"], fontsize=8)
         ax.set_yticks(range(len(rows)), rows, fontsize=8)
         ax.set_xlabel("severity")
-        ax.set_title(f"{kind}: {metric} drop vs clean (%), clean {clean:.3f}", fontsize=9)
+        ax.set_title(f"{task}: {metric} drop vs clean (%), clean {clean:.3f}", fontsize=9)
         fig.colorbar(im, ax=ax, fraction=0.04)
     fig.tight_layout()
     fig.savefig(path, dpi=120)

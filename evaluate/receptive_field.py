@@ -104,13 +104,17 @@ def report(levels: list[dict], sizes: np.ndarray) -> tuple[list[dict], list[str]
     return rows, warnings
 
 
-def main(argv: list[str] | None = None) -> int:
+def get_args_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="python -m evaluate.receptive_field", description=__doc__,
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--config", required=True)
     p.add_argument("--checkpoint", default=None, help="take the architecture from a trained detector")
     p.add_argument("--json", default=None, help="also write the report here")
-    args = p.parse_args(argv)
+    return p
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = get_args_parser().parse_args(argv)
     try:
         cfg = load_config(args.config)
         if cfg.detector is None:

@@ -3,10 +3,11 @@
 from __future__ import annotations
 
 import json
-import os
 from pathlib import Path
 
-METRICS = {"detector": ("map", "map50"), "segmenter": ("miou", "thin_iou", "cldice", "boundary_f1", "recall_1_2px")}
+from datasets.metrics import METRICS
+from deploy.atomic import write_atomic
+from train.run_dir import RunDir
 
 
 def _fmt(v, digits: int = 3) -> str:
@@ -21,15 +22,15 @@ def render_markdown(report: dict) -> str:
                   f"torch {m.get('torch')}. Split: `{report.get('split')}`. `agreement`: INT8 scored against the "
                   "fp32 model's own predictions (mAP@.5 / mIoU), a label-free measure of quantization fidelity.",
                   ""]
-    for kind, metrics in METRICS.items():
-        if kind not in report:
+    for task, metrics in METRICS.items():
+        if task not in report:
             continue
-        variants = {k: v for k, v in report[kind].items() if isinstance(v, dict) and "latency_ms" in v}
+        variants = {k: v for k, v in report[task].items() if isinstance(v, dict) and "latency_ms" in v}
         threads = sorted({t for v in variants.values() for t in v.get("latency_ms", {})}, key=lambda t: int(t[:-1]))
         head = ["variant", *metrics, *[f"p50 ms {t}" for t in threads], *[f"p99 ms {t}" for t in threads],
                 f"fps {threads[-1]}", "peak MB", "size MB", "size vs fp32", *[f"speed-up {t}" for t in threads],
                 "agreement"]
-        lines += [f"## {kind}", "", "| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
+        lines += [f"## {task}", "", "| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
         for name, v in variants.items():
             lat = v.get("latency_ms", {})
             row = [name, *[_fmt(v.get(k)) for k in metrics],
@@ -40,11 +41,11 @@ def render_markdown(report: dict) -> str:
                    *[_fmt(v.get(f"speedup_{t}"), 2) for t in threads], _fmt(v.get("agreement"))]
             lines.append("| " + " | ".join(row) + " |")
         lines.append("")
-        for name, v in report[kind].items():
+        for name, v in report[task].items():
             if isinstance(v, dict) and "skipped" in v:
                 lines += [f"{name}: not measured ({v['skipped']}).", ""]
-        if "note" in report[kind]:
-            lines += [f"Note: {report[kind]['note']['split']}.", ""]
+        if "note" in report[task]:
+            lines += [f"Note: {report[task]['note']['split']}.", ""]
     for plot in report.get("plots", []):
         lines += [f"![{plot}]({plot})", ""]
     gate = report.get("gate")
@@ -54,23 +55,23 @@ def render_markdown(report: dict) -> str:
                   f"Scored with {mode}; deployed preprocessing: `{gate.get('deployed_preprocess')}`.", "",
                   "| model | metric | ref fp32 | ref int8 | deployed fp32 | deployed int8 | quantization | "
                   "preprocessing | interaction | blame |", "|---|---|---|---|---|---|---|---|---|---|"]
-        for kind, g in gate["models"].items():
+        for task, g in gate["models"].items():
             c, d = g["cells"], g["deltas"]
-            lines.append(f"| {kind} | {g['metric']} | {_fmt(c['reference/fp32'])} | {_fmt(c['reference/int8'])} | "
+            lines.append(f"| {task} | {g['metric']} | {_fmt(c['reference/fp32'])} | {_fmt(c['reference/int8'])} | "
                          f"{_fmt(c['deployed/fp32'])} | {_fmt(c['deployed/int8'])} | {_fmt(d['quantization'])} | "
                          f"{_fmt(d['preprocessing'])} | {_fmt(d['interaction'])} | {g.get('blame', '-')} |")
         lines.append("")
-        for kind, g in gate["models"].items():
+        for task, g in gate["models"].items():
             ev = g.get("evidence")
             if not ev:
                 continue
             it = ev["input_tensor"]
-            lines.append(f"- {kind}: input tensors reference vs deployed: max |diff| {it['max_abs']}, min PSNR "
+            lines.append(f"- {task}: input tensors reference vs deployed: max |diff| {it['max_abs']}, min PSNR "
                          f"{_fmt(it['min_psnr'], 1)} dB (`{Path(it['worst_image']).name}`); INT8 output SQNR "
                          + ", ".join(f"{k} {_fmt(v, 1)} dB" for k, v in ev["output_sqnr_db"].items())
                          + "; lowest-SQNR activations: "
                          + ", ".join(f"`{r['tensor']}` {_fmt(r['qdq_sqnr'], 1)} dB" for r in ev["worst_layers"][:3])
-                         + f"; worst images in `gate/worst/{kind}/`")
+                         + f"; worst images in `gate/worst/{task}/`")
         lines += ["", "| check | value | limit | result |", "|---|---|---|---|"]
         for ch in gate["checks"]:
             state = "skipped" if ch.get("skipped") else ("pass" if ch["passed"] else "FAIL")
@@ -79,19 +80,13 @@ def render_markdown(report: dict) -> str:
     return "\n".join(lines)
 
 
-def _write(path: Path, text: str) -> None:
-    tmp = path.with_name(path.name + ".tmp")
-    tmp.write_text(text)
-    os.replace(tmp, path)
-
-
 def write_report(run: str | Path, update: dict) -> dict:
     """Merge `update` into run/bench/report.json (bench and gate own their keys); re-render report.md."""
-    run = Path(run) / "bench"
+    run = RunDir.of(run).bench
     run.mkdir(parents=True, exist_ok=True)
     path = run / "report.json"
     report = json.loads(path.read_text()) if path.is_file() else {}
     report.update(update)
-    _write(path, json.dumps(report, indent=2))
-    _write(run / "report.md", render_markdown(report))
+    write_atomic(path, json.dumps(report, indent=2))
+    write_atomic(run / "report.md", render_markdown(report))
     return report

@@ -24,16 +24,18 @@ import numpy as np
 
 from datasets.augment import Augment
 from datasets.config import DatasetError, load_dataset_config
+from datasets.metrics import METRICS as ALL_METRICS
+from datasets.metrics import SKELETON_METRICS, EvalSet
 from deploy.contract import ContractError
 from deploy.preprocess import ImageReadError, PreprocessSpec, preprocess
 from deploy.runtime import ModelLoadError, OrtModel
-from evaluate.metrics import EvalSet
 from evaluate.plots import plot_robustness
 from train.checkpoint import CheckpointError, load_checkpoint
+from train.run_dir import RunDir
 
 SEVERITIES = (1, 2, 3, 4, 5)
-METRICS = {"detector": ("map", "map50"), "segmenter": ("miou", "thin_iou")}
-VARIANTS = {"fp32": "{kind}.onnx", "int8": "{kind}.int8.onnx", "int8-trt": "{kind}.int8-trt.onnx"}
+METRICS = {t: tuple(m for m in ms if m not in SKELETON_METRICS) for t, ms in ALL_METRICS.items()}  # thin_metrics=False
+VARIANTS = ("fp32", "int8", "int8-trt")  # the --model names that pick an exported file (train.run_dir)
 
 
 def _haze(img: np.ndarray, t: float) -> np.ndarray:
@@ -85,29 +87,28 @@ def image_seed(img: np.ndarray, salt: str) -> int:
     return zlib.crc32(np.ascontiguousarray(img[::16, ::16]).tobytes() + salt.encode())
 
 
-def build_runner(kind: str, run: Path, model: str):
+def build_runner(task: str, run: Path, model: str):
     """-> (runner, postprocess settings, preprocessing spec) for an ONNX variant or the torch checkpoint."""
     if model == "torch":
-        from train.checkpoint import model_from_checkpoint
-        from train.loop import torch_runner
+        from train.checkpoint import model_from_checkpoint, torch_runner
 
-        ckpt = load_checkpoint(run / kind / "best.pt")
+        ckpt = load_checkpoint(RunDir.of(run).checkpoint(task))
         return torch_runner(model_from_checkpoint(ckpt)), ckpt.get("postprocess") or {}, \
             PreprocessSpec.from_dict(ckpt["preprocess"])
-    path = run / "export" / VARIANTS[model].format(kind=kind) if model in VARIANTS else Path(model)
+    path = RunDir.of(run).model(task, model) if model in VARIANTS else Path(model)
     m = OrtModel(path)
-    if m.task != kind:
-        raise ContractError(f"{path}: a {m.task}, not a {kind}")
+    if m.task != task:
+        raise ContractError(f"{path}: a {m.task}, not a {task}")
     return m.infer, m.contract.postprocess, m.contract.preprocess
 
 
 def score(ev: EvalSet, runner, post: dict, prep) -> dict:
     r = ev.score(runner, prep, post, thin_metrics=False)
-    return {k: round(float(r[k]), 4) for k in METRICS[ev.kind]}
+    return {k: round(float(r[k]), 4) for k in METRICS[ev.task]}
 
 
-def shifted_splits(data, kind: str, split: str) -> list[str]:
-    names = data.detection if kind == "detector" else (data.segmentation.splits if data.segmentation else {})
+def shifted_splits(data, task: str, split: str) -> list[str]:
+    names = data.detection if task == "detector" else (data.segmentation.splits if data.segmentation else {})
     return sorted(s for s in (names or {}) if s.startswith(f"{split}_"))
 
 
@@ -115,16 +116,16 @@ def drop(value: dict, clean: dict) -> dict:
     return {k: round((clean[k] - v) / clean[k], 4) if clean[k] else None for k, v in value.items()}
 
 
-def evaluate_model(kind: str, run: Path, model: str, split: str, limit: int | None,
+def evaluate_model(task: str, run: Path, model: str, split: str, limit: int | None,
                    corruptions=CORRUPTIONS, severities=SEVERITIES, log=print) -> dict:
-    ckpt = load_checkpoint(run / kind / "best.pt")
+    ckpt = load_checkpoint(RunDir.of(run).checkpoint(task))
     data = load_dataset_config(ckpt["config"]["data"])
-    runner, post, spec = build_runner(kind, run, model)
-    ev = EvalSet(kind, data, split, limit)
+    runner, post, spec = build_runner(task, run, model)
+    ev = EvalSet(task, data, split, limit)
     plain = lambda img: preprocess(img, spec)  # noqa: E731
     clean = score(ev, runner, post, plain)
-    log(f"{kind} ({model}, {split}, {len(ev)} images): clean {clean}")
-    out = {"metrics": list(METRICS[kind]), "images": len(ev), "clean": clean, "corruptions": {}, "shifted": {}}
+    log(f"{task} ({model}, {split}, {len(ev)} images): clean {clean}")
+    out = {"metrics": list(METRICS[task]), "images": len(ev), "clean": clean, "corruptions": {}, "shifted": {}}
     for name in corruptions:
         row = {}
         for s in severities:
@@ -134,10 +135,10 @@ def evaluate_model(kind: str, run: Path, model: str, split: str, limit: int | No
         row["mean"] = {k: round(float(np.mean([row[str(s)][k] for s in severities])), 4) for k in clean}
         row["drop"] = drop(row["mean"], clean)
         out["corruptions"][name] = row
-        log(f"  {name:<19} " + "  ".join(f"{row[str(s)][METRICS[kind][-1]]:.3f}" for s in severities)
+        log(f"  {name:<19} " + "  ".join(f"{row[str(s)][METRICS[task][-1]]:.3f}" for s in severities)
             + f"  mean {row['mean']}  relative drop {row['drop']}")
-    for sp in shifted_splits(data, kind, split):
-        got = score(EvalSet(kind, data, sp, limit), runner, post, plain)
+    for sp in shifted_splits(data, task, split):
+        got = score(EvalSet(task, data, sp, limit), runner, post, plain)
         out["shifted"][sp] = {**got, "drop": drop(got, clean)}
         log(f"  split {sp:<13} {got}  relative drop {out['shifted'][sp]['drop']}")
     return out
@@ -149,10 +150,10 @@ def _pct(v: float | None) -> str:
 
 def to_markdown(results: dict) -> str:
     lines = [f"# Robustness: {results['run']} ({results['model']}, {results['split']} split)", ""]
-    for kind, r in results["models"].items():
+    for task, r in results["models"].items():
         for metric in r["metrics"]:
             c = r["clean"][metric]
-            lines += [f"## {kind}: {metric} (clean {c:.4f}, {r['images']} images)", "",
+            lines += [f"## {task}: {metric} (clean {c:.4f}, {r['images']} images)", "",
                       "| corruption | " + " | ".join(f"sev {s}" for s in SEVERITIES) + " | mean | relative drop |",
                       "|---" * (len(SEVERITIES) + 3) + "|"]
             for name, row in r["corruptions"].items():
@@ -165,7 +166,7 @@ def to_markdown(results: dict) -> str:
     return "\n".join(lines)
 
 
-def main(argv: list[str] | None = None) -> int:
+def get_args_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="python -m evaluate.robustness", description=__doc__,
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--run", required=True)
@@ -173,18 +174,21 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--split", default="test", help="clean split; its shifted copies are <split>_<shift>")
     p.add_argument("--limit", type=int, default=None, help="first N images of each split")
     p.add_argument("--corruptions", default=",".join(CORRUPTIONS))
-    args = p.parse_args(argv)
+    return p
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = get_args_parser().parse_args(argv)
     run = Path(args.run)
     try:
         corruptions = [c for c in args.corruptions.split(",") if c]
         for c in corruptions:
             corruption(c, 1)  # unknown names fail here, before any model runs
         models = {}
-        for kind in ("detector", "segmenter"):
-            if (run / kind / "best.pt").is_file():
-                if args.model.endswith(".onnx") and OrtModel(args.model).task != kind:
-                    continue
-                models[kind] = evaluate_model(kind, run, args.model, args.split, args.limit, corruptions)
+        for task in RunDir.of(run).trained():
+            if args.model.endswith(".onnx") and OrtModel(args.model).task != task:
+                continue
+            models[task] = evaluate_model(task, run, args.model, args.split, args.limit, corruptions)
         if not models:
             raise CheckpointError(f"{run}: no trained detector/ or segmenter/; run `make train` first")
     except (CheckpointError, ContractError, ModelLoadError, DatasetError, ImageReadError, ValueError) as e:
@@ -196,8 +200,8 @@ def main(argv: list[str] | None = None) -> int:
     out.mkdir(parents=True, exist_ok=True)
     (out / "robustness.json").write_text(json.dumps(results, indent=2))
     (out / "report.md").write_text(to_markdown(results))
-    for kind, r in models.items():
-        plot_robustness(kind, r, out / f"{kind}_robustness.png")
+    for task, r in models.items():
+        plot_robustness(task, r, out / f"{task}_robustness.png")
     print(f"robustness: {out / 'report.md'}, {out / 'robustness.json'}, "
           + ", ".join(f"{out / f'{k}_robustness.png'}" for k in models))
     return 0

@@ -22,11 +22,11 @@ import cv2
 import numpy as np
 
 from datasets.masks import IGNORE_INDEX
+from datasets.metrics import EvalSet, score_masks
+from datasets.thin_metrics import WIDTH_BUCKETS
 from deploy.preprocess import PreprocessSpec, preprocess
-from evaluate.metrics import EvalSet, score_masks
-from evaluate.thin_metrics import WIDTH_BUCKETS
-from train.checkpoint import CheckpointError, load_checkpoint, model_from_checkpoint
-from train.loop import torch_runner
+from train.checkpoint import CheckpointError, load_checkpoint, model_from_checkpoint, torch_runner
+from train.run_dir import RunDir
 
 
 def stride_ceiling(truths: list[np.ndarray], stride: int, names, thin) -> float:
@@ -83,16 +83,20 @@ def verdict(d: dict) -> str:
     return "; ".join(reasons)
 
 
-def main(argv: list[str] | None = None) -> int:
+def get_args_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="python -m evaluate.thin_diagnose", description=__doc__,
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--run", required=True)
     p.add_argument("--split", default="val")
     p.add_argument("--ablate-augment", action="store_true", help="also train without augmentation (same budget)")
-    args = p.parse_args(argv)
+    return p
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = get_args_parser().parse_args(argv)
     run = Path(args.run)
     try:
-        ckpt = load_checkpoint(run / "segmenter" / "best.pt")
+        ckpt = load_checkpoint(RunDir.of(run).checkpoint("segmenter"))
     except CheckpointError as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
@@ -113,8 +117,8 @@ def main(argv: list[str] | None = None) -> int:
         from train.loop import fit
 
         cfg = build_dataclass(ExperimentConfig, ckpt["config"], f"{run}/segmenter/best.pt config")  # self-describing
-        task = dataclasses.replace(cfg.segmenter, train=dataclasses.replace(cfg.segmenter.train, augment="none"))
-        best = fit("segmenter", task, cfg, run / "thin_diagnose_noaug" / "segmenter")
+        task_cfg = dataclasses.replace(cfg.segmenter, train=dataclasses.replace(cfg.segmenter.train, augment="none"))
+        best = fit("segmenter", task_cfg, cfg, run / "thin_diagnose_noaug" / "segmenter")
         d["ablation"] = {"thin_iou": full["thin_iou"], "no_augment_thin_iou": best["thin_iou"]}
     d["verdict"] = verdict(d)
     (run / "thin_diagnose.json").write_text(json.dumps(d, indent=2))

@@ -12,6 +12,7 @@ Exit code 0 clean, 1 violations, 2 unreadable file.
 
 from __future__ import annotations
 
+import argparse
 import sys
 from dataclasses import dataclass
 from pathlib import Path
@@ -86,13 +87,17 @@ def check_model(model: onnx.ModelProto) -> list[Finding]:
     return out
 
 
+def get_args_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="python -m export.check_trt", description=__doc__,
+                                formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("models", nargs="+", help="QDQ ONNX files to check")
+    return p
+
+
 def main(argv: list[str] | None = None) -> int:
-    paths = argv if argv is not None else sys.argv[1:]
-    if not paths:
-        print(__doc__.strip().splitlines()[0], file=sys.stderr)
-        return 2
+    args = get_args_parser().parse_args(argv)
     worst = 0
-    for p in paths:
+    for p in args.models:
         try:
             model = onnx.load(p)
         except Exception as e:  # protobuf decode errors have no common base class

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import os
 import warnings
 from pathlib import Path
 
@@ -13,6 +12,7 @@ import onnxslim
 import torch
 from torch import nn
 
+from deploy.atomic import atomic_path
 from deploy.contract import OUTPUT_NAMES, Contract
 from deploy.preprocess import PreprocessSpec
 from export.equalize import equalize
@@ -22,11 +22,11 @@ INPUT_NAME = "images"
 
 def contract_from_checkpoint(ckpt: dict, precision: str = "fp32") -> Contract:
     return Contract(
-        task=ckpt["kind"],
+        task=ckpt["task"],
         preprocess=PreprocessSpec.from_dict(ckpt["preprocess"]),
         class_names=list(ckpt["class_names"]),
         config_hash=ckpt["config_hash"],
-        outputs=OUTPUT_NAMES[ckpt["kind"]],
+        outputs=OUTPUT_NAMES[ckpt["task"]],
         precision=precision,
         postprocess=dict(ckpt.get("postprocess") or {}),
         drift=dict(ckpt.get("drift_reference") or {}),
@@ -43,9 +43,8 @@ def write_contract(model: onnx.ModelProto, contract: Contract) -> None:
 
 def save_atomic(model: onnx.ModelProto, path: str | Path) -> None:
     path = Path(path)
-    tmp = path.with_name(path.name + ".tmp")
-    onnx.save(model, tmp)
-    os.replace(tmp, path)
+    with atomic_path(path) as tmp:
+        onnx.save(model, tmp)
 
 
 def export_onnx(model: nn.Module, contract: Contract, path: str | Path, opset: int = 18,

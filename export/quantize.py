@@ -50,7 +50,6 @@ TARGETS = ("cpu", "tensorrt")
 # attribute values ONNX assumes when absent: written out by the exporter, they are 100-200 bytes a node
 DEFAULT_ATTRIBUTES = {"Conv": {"auto_pad": b"NOTSET", "dilations": [1, 1], "group": 1, "pads": [0, 0, 0, 0],
                                "strides": [1, 1]}}
-INT8_FILES = {"cpu": "{kind}.int8.onnx", "tensorrt": "{kind}.int8-trt.onnx"}
 CALIB_METHODS = {
     "minmax": CalibrationMethod.MinMax,
     "entropy": CalibrationMethod.Entropy,

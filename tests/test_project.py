@@ -30,3 +30,22 @@ def test_readme_make_targets_exist_and_ci_runs_make_test():
                 assert word in targets, f"README uses `make {word}` but the Makefile has no such target"
     ci = (REPO / ".ci" / "run").read_text()
     assert "make test" in ci
+
+
+def _stage_imports(stage: str) -> dict[str, set[str]]:
+    """module file -> the top-level stage packages it imports (anywhere in the file, lazy imports too)."""
+    found = {}
+    for path in (REPO / stage).glob("*.py"):
+        names = re.findall(r"^\s*(?:from|import) (datasets|train|export|deploy|evaluate)\b", path.read_text(), re.M)
+        found[path.name] = set(names) - {stage}
+    return found
+
+
+def test_stages_import_only_upstream():
+    """datasets -> train -> export -> evaluate, each importing only the ones before it; deploy (the
+    product) imports no other stage, and every stage may import deploy's one preprocessing."""
+    upstream = {"deploy": set(), "datasets": {"deploy"}, "train": {"deploy", "datasets"},
+                "export": {"deploy", "datasets", "train"}, "evaluate": {"deploy", "datasets", "train", "export"}}
+    for stage, allowed in upstream.items():
+        for module, imported in _stage_imports(stage).items():
+            assert imported <= allowed, f"{stage}/{module} imports {sorted(imported - allowed)}"

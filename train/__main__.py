@@ -6,7 +6,6 @@ Multi-GPU / multi-process: torchrun --nproc_per_node=N -m train --config ... --o
 from __future__ import annotations
 
 import argparse
-import json
 import sys
 from pathlib import Path
 
@@ -15,7 +14,8 @@ from deploy.preprocess import ImageReadError
 from train import distributed
 from train.checkpoint import CheckpointError
 from train.config import ConfigError, load_config
-from train.loop import fit
+from train.loop import train_run
+from train.run_dir import RunDir
 
 
 def get_args_parser() -> argparse.ArgumentParser:
@@ -33,28 +33,13 @@ def main(argv: list[str] | None = None) -> int:
     args = get_args_parser().parse_args(argv)
     try:
         cfg = load_config(args.config)
-        out = Path(args.out)
         if args.backbone_weights:
             if not Path(args.backbone_weights).is_file():
                 raise FileNotFoundError(f"{args.backbone_weights}: backbone checkpoint not found")
-            for task in (cfg.detector, cfg.segmenter):
-                if task is not None:
-                    task.model.backbone_weights = args.backbone_weights
-        summary = {}
-        for kind in ("detector", "segmenter"):
-            task = getattr(cfg, kind)
-            if task is None or args.task not in ("all", kind):
-                continue
-            resume = args.resume and (out / kind / "last.pt").is_file()
-            best = fit(kind, task, cfg, out / kind, resume=resume)
-            if not distributed.is_main():
-                continue
-            summary[kind] = {k: v for k, v in best.items() if isinstance(v, int | float)}
-            print(f"{kind}: best val " + ", ".join(f"{k} {v:.4f}" for k, v in summary[kind].items()), flush=True)
-        if distributed.is_main():
-            if not summary:
-                raise ConfigError(f"{args.config}: no `detector:` or `segmenter:` section to train")
-            (out / "train_summary.json").write_text(json.dumps(summary, indent=2))
+            for task_cfg in (cfg.detector, cfg.segmenter):
+                if task_cfg is not None:
+                    task_cfg.model.backbone_weights = args.backbone_weights
+        train_run(cfg, RunDir.of(args.out), args.task, args.resume)
         return 0
     except (ConfigError, DatasetError, CheckpointError, ImageReadError, FloatingPointError,
             FileNotFoundError, ValueError) as e:

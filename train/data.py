@@ -12,12 +12,13 @@ import numpy as np
 import torch
 from torch.utils.data import Dataset
 
-from datasets.augment import SHIFT_P, build_augment
+from datasets.augment import Augment, build_augment
 from datasets.coco import CocoDetection
 from datasets.config import DatasetConfig
 from datasets.masks import IGNORE_INDEX, read_mask, value_lut
 from deploy.drift import reference_from_tensors
 from deploy.preprocess import PreprocessSpec, boxes_to_input, preprocess, preprocess_mask, read_image
+from train.config import ScheduleConfig
 
 
 class _ImageCache:
@@ -35,13 +36,13 @@ class _ImageCache:
 class DetectionDataset(Dataset):
     """-> (image (3, H, W) uint8, {"boxes": (M, 4) float32 input px, "labels": (M,) int64, "image_id"})."""
 
-    def __init__(self, data: DatasetConfig, split: str, spec: PreprocessSpec, augment: str = "none",
-                 cache_images: bool = False, augment_target: str | None = None, shift_p: float = SHIFT_P):
+    def __init__(self, data: DatasetConfig, split: str, spec: PreprocessSpec, augment: Augment | None = None,
+                 cache_images: bool = False):
         s = data.detection_split(split)
         self.coco = CocoDetection(data.path(s.images), data.path(s.annotations))
         self.class_names = self.coco.class_names
         self.spec = spec
-        self.augment = build_augment(augment, "detector", augment_target, shift_p)
+        self.augment = augment
         self.cache = _ImageCache(cache_images)
 
     def __len__(self) -> int:
@@ -74,13 +75,13 @@ class DetectionDataset(Dataset):
 class SegmentationDataset(Dataset):
     """-> (image (3, H, W) uint8, mask (H, W) int64 class index, IGNORE_INDEX on padding/unmapped)."""
 
-    def __init__(self, data: DatasetConfig, split: str, spec: PreprocessSpec, augment: str = "none",
-                 cache_images: bool = False, augment_target: str | None = None, shift_p: float = SHIFT_P):
+    def __init__(self, data: DatasetConfig, split: str, spec: PreprocessSpec, augment: Augment | None = None,
+                 cache_images: bool = False):
         self.pairs = data.segmentation_pairs(split)
         self.class_names = list(data.segmentation.classes)
         self.lut = value_lut(data.segmentation)
         self.spec = spec
-        self.augment = build_augment(augment, "segmenter", augment_target, shift_p)
+        self.augment = augment
         self.cache = _ImageCache(cache_images)
 
     def __len__(self) -> int:
@@ -119,12 +120,14 @@ def drift_reference(ds: Dataset, spec: PreprocessSpec, max_images: int = 200) ->
     return reference_from_tensors(tensors, spec.channel_order)
 
 
-def build_dataset(kind: str, data: DatasetConfig, split: str, spec: PreprocessSpec, augment: str = "none",
-                  cache_images: bool = False, augment_target: str | None = None,
-                  shift_p: float = SHIFT_P) -> Dataset:
-    """`augment`: a datasets.augment preset spec ('none', 'flip', 'shift', 'flip+camera', ...)."""
-    if kind == "detector":
-        return DetectionDataset(data, split, spec, augment, cache_images, augment_target, shift_p)
-    elif kind == "segmenter":
-        return SegmentationDataset(data, split, spec, augment, cache_images, augment_target, shift_p)
-    raise ValueError(f"unknown task {kind!r}")
+def build_dataset(task: str, data: DatasetConfig, split: str, spec: PreprocessSpec,
+                  schedule: ScheduleConfig | None = None) -> Dataset:
+    """A split as training reads it under `schedule` (augmentation presets, shift_p, augment_target, image
+    cache), or, without one, plain and uncached, as calibration reads it."""
+    s = schedule or ScheduleConfig(augment="none", cache_images=False)
+    augment = build_augment(s.augment, task, s.augment_target, s.shift_p)
+    if task == "detector":
+        return DetectionDataset(data, split, spec, augment, s.cache_images)
+    elif task == "segmenter":
+        return SegmentationDataset(data, split, spec, augment, s.cache_images)
+    raise ValueError(f"unknown task {task!r}")

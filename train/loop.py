@@ -1,33 +1,36 @@
-"""train_one_epoch / evaluate / fit for the detector and the segmenter."""
+"""train_one_epoch / evaluate / fit for the detector and the segmenter (and, through `fit`'s model and
+criterion arguments, the models the comparison scripts train on the same terms)."""
 
 from __future__ import annotations
 
 import csv
+import json
 import math
 import random
 import time
-from dataclasses import asdict
+from collections.abc import Callable
+from dataclasses import asdict, dataclass
 from pathlib import Path
 
 import numpy as np
 import torch
 from torch import nn
-from torch.utils.data import DataLoader, DistributedSampler
+from torch.utils.data import DataLoader, Dataset, DistributedSampler
 from torch.utils.flop_counter import FlopCounterMode
 from tqdm import tqdm
 
 from datasets.augment import build_augment, without_shift
+from datasets.metrics import PRIMARY, EvalSet
+from deploy.atomic import atomic_path
 from deploy.preprocess import PreprocessSpec, preprocess
-from evaluate.metrics import EvalSet
 from train import distributed
-from train.checkpoint import CheckpointError, check_compatible, load_checkpoint, save_checkpoint
-from train.config import ExperimentConfig, TaskConfig
+from train.checkpoint import CheckpointError, check_compatible, load_checkpoint, save_checkpoint, torch_runner
+from train.config import ConfigError, ExperimentConfig, ScheduleConfig, TaskConfig
 from train.data import build_dataset, detection_collate, drift_reference
 from train.ema import ModelEMA
 from train.losses import DetectionLoss, SegmentationLoss
 from train.models import build_model, count_params
-
-BEST_METRIC = {"detector": "map", "segmenter": "thin_iou"}
+from train.run_dir import RunDir
 
 
 def set_seed(seed: int) -> None:
@@ -103,140 +106,220 @@ def train_one_epoch(model, criterion, loader, optimizer, scheduler, epoch: int, 
     return {k: v / max(1, len(loader)) for k, v in sums.items()}
 
 
-def torch_runner(model: nn.Module):
-    def run(x: np.ndarray) -> list[np.ndarray]:
-        with torch.no_grad():
-            out = model(torch.from_numpy(x))
-        return [o.numpy() for o in (out if isinstance(out, tuple) else (out,))]
-    return run
-
-
 @torch.no_grad()
 def evaluate(model: nn.Module, val: EvalSet, spec: PreprocessSpec, post: dict) -> dict:
     """Score a torch model through the deploy pre/post-processing (as the exported model will be)."""
     return val.score(torch_runner(model.eval()), lambda img: preprocess(img, spec), post)
 
 
-def fit(kind: str, task: TaskConfig, cfg: ExperimentConfig, out_dir: Path, val_split: str = "val",
-        resume: bool = False) -> dict:
-    """Train one model; writes out_dir/{last,best}.pt, log.csv and tb/. Returns the best val metrics.
+@dataclass
+class Training:
+    """Everything one task's training run holds, built once by build_training and used by each epoch."""
 
-    Under torchrun each rank trains on its shard (DistributedSampler); rank 0 evaluates and writes.
-    """
-    s = task.train
+    task: str
+    task_cfg: TaskConfig
+    spec: PreprocessSpec
+    train_set: Dataset
+    loader: DataLoader
+    sampler: DistributedSampler | None
+    gen: torch.Generator
+    val: EvalSet
+    model: nn.Module
+    criterion: nn.Module
+    ema: ModelEMA | None
+    optimizer: torch.optim.Optimizer
+    scheduler: torch.optim.lr_scheduler.LambdaLR
+    scaler: torch.amp.GradScaler | None
+    meta: dict  # what every checkpoint of this run carries
+    post: dict  # postprocess settings the validation decodes with
+    device: torch.device
+    rank: int
+    world: int
+    evaluator: Callable[[nn.Module], dict] | None = None  # metrics of a model; default: evaluate() on val
+
+
+def build_training(task: str, task_cfg: TaskConfig, cfg: ExperimentConfig, val_split: str = "val",
+                   model: nn.Module | None = None, criterion: nn.Module | None = None) -> Training:
+    """Data, model, loss, optimizer and schedule for one task. `model` / `criterion` replace ours (the
+    comparison scripts train torchvision's models this way, through the same loop)."""
+    s = task_cfg.train
     rank, world, device = distributed.init()
     set_seed(s.seed)
     if s.deterministic:
         torch.use_deterministic_algorithms(True, warn_only=True)
-    data, spec = cfg.dataset(), task.preprocess_spec()
-    train_set = build_dataset(kind, data, "train", spec, s.augment, s.cache_images, s.augment_target, s.shift_p)
-    val = EvalSet(kind, data, val_split)  # labels and truth masks read once, not every epoch
+    data, spec = cfg.dataset(), task_cfg.preprocess_spec()
+    train_set = build_dataset(task, data, "train", spec, s)
+    val = EvalSet(task, data, val_split)  # labels and truth masks read once, not every epoch
     names = train_set.class_names
-    m = task.model
-    model_args = dict(num_classes=len(names), backbone=m.backbone, width_mult=m.width_mult, channels=m.channels,
-                      head_convs=m.head_convs, channel_order=task.channel_order, backbone_weights=m.backbone_weights)
-    model = build_model(kind, model_args)
+    args = model_args(task_cfg, len(names)) if model is None else None
+    model = build_model(task, args) if model is None else model
     params, gflops = model_cost(model, spec.input_size)
     if rank == 0:
-        print(f"{kind}: {m.backbone} x{m.width_mult}, {params / 1e6:.2f} M parameters, {gflops:.2f} GFLOPs at "
-              f"{spec.input_size[0]}x{spec.input_size[1]}, {len(train_set)} train / {len(val)} {val_split} "
-              f"images" + (f", {world} processes" if world > 1 else ""), flush=True)
+        name = type(model).__name__ if args is None else f"{task_cfg.model.backbone} x{task_cfg.model.width_mult}"
+        print(f"{task}: {name}, {params / 1e6:.2f} M parameters, {gflops:.2f} GFLOPs at "
+              f"{spec.input_size[0]}x{spec.input_size[1]}, {len(train_set)} train / {len(val)} {val_split} images"
+              + (f", {world} processes" if world > 1 else ""), flush=True)
+    loader, sampler, gen = build_loader(task, train_set, s, rank, world)
+    criterion = (criterion or build_criterion(task, task_cfg, model, len(names))).to(device)
+    model = model.to(device)
+    optimizer = build_optimizer(model, s.lr, s.weight_decay)
+    total = s.epochs * len(loader)
+    scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, warmup_cosine(min(s.warmup_iters, total // 2), total))
+    post = task_cfg.postprocess.for_classes(names) if task == "detector" else {}
+    meta = {"task": task, "model_args": args, "class_names": names, "preprocess": asdict(spec),
+            "postprocess": post, "config": asdict(cfg), "config_hash": cfg.hash(), "params": params, "gflops": gflops,
+            "drift_reference": drift_reference(train_set, spec)}  # deploy.drift's reference statistics
+    if task == "segmenter":
+        meta["thin_classes"] = list(data.segmentation.thin_classes)
+    return Training(task, task_cfg, spec, train_set, loader, sampler, gen, val, model, criterion,
+                    ModelEMA(model, s.ema_decay) if s.ema_decay > 0 else None, optimizer, scheduler,
+                    torch.amp.GradScaler("cuda") if device.type == "cuda" else None, meta, post, device, rank, world)
+
+
+def model_args(task_cfg: TaskConfig, num_classes: int) -> dict:
+    """Our model's constructor arguments, as the checkpoint stores them."""
+    m = task_cfg.model
+    return dict(num_classes=num_classes, backbone=m.backbone, width_mult=m.width_mult, channels=m.channels,
+                head_convs=m.head_convs, channel_order=task_cfg.channel_order, backbone_weights=m.backbone_weights)
+
+
+def build_loader(task: str, train_set: Dataset, s: ScheduleConfig, rank: int,
+                 world: int) -> tuple[DataLoader, DistributedSampler | None, torch.Generator]:
+    """Under torchrun each rank trains on its shard (DistributedSampler); `gen` is re-seeded every epoch."""
     gen = torch.Generator()
     sampler = None
     if world > 1:
         sampler = DistributedSampler(train_set, world, rank, shuffle=True, seed=s.seed, drop_last=True)
     loader = DataLoader(train_set, batch_size=s.batch_size, shuffle=sampler is None, sampler=sampler,
                         num_workers=s.workers, generator=gen, drop_last=len(train_set) > s.batch_size * world,
-                        collate_fn=detection_collate if kind == "detector" else None)
-    if kind == "detector":
-        criterion = DetectionLoss(*model.points(spec.input_size), len(names), task.loss.box_weight)
-    else:
-        criterion = SegmentationLoss(len(names), task.loss.dice_weight, task.loss.class_weights,
-                                 task.loss.cldice_weight)
-    model, criterion = model.to(device), criterion.to(device)
-    ema = ModelEMA(model, s.ema_decay) if s.ema_decay > 0 else None
-    optimizer = build_optimizer(model, s.lr, s.weight_decay)
-    total = s.epochs * len(loader)
-    scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, warmup_cosine(min(s.warmup_iters, total // 2), total))
-    scaler = torch.amp.GradScaler("cuda") if device.type == "cuda" else None
-    post = task.postprocess.for_classes(names) if kind == "detector" else {}
-    meta = {"kind": kind, "model_args": model_args, "class_names": names, "preprocess": asdict(spec),
-            "postprocess": post, "config": asdict(cfg), "config_hash": cfg.hash(),
-            "params": params, "gflops": gflops}
-    if kind == "segmenter":
-        meta["thin_classes"] = list(data.segmentation.thin_classes)
-    meta["drift_reference"] = drift_reference(train_set, spec)  # deploy.drift's reference statistics
-    key, best, rows, start = BEST_METRIC[kind], None, [], 1
-    if resume:
-        ck = load_checkpoint(out_dir / "last.pt")
-        check_compatible(ck, meta, out_dir / "last.pt")
-        st = ck.get("train_state")
-        if st is None:
-            raise CheckpointError(f"{out_dir / 'last.pt'}: holds no optimizer/schedule state to resume from; "
-                                  "train into a new --out")
-        model.load_state_dict(st["model"])
-        optimizer.load_state_dict(st["optimizer"])
-        scheduler.load_state_dict(st["scheduler"])
-        if ema is not None:
-            ema.load_state_dict(st["ema"])
-        if scaler is not None and st.get("scaler"):
-            scaler.load_state_dict(st["scaler"])
-        best, rows, start = st["best"], st["rows"], ck["epoch"] + 1
-        if rank == 0:
-            print(f"  resumed from {out_dir / 'last.pt'} after epoch {ck['epoch']}", flush=True)
-    if world > 1:
-        model = nn.parallel.DistributedDataParallel(model, device_ids=[device.index] if device.type == "cuda" else None)
-    out_dir.mkdir(parents=True, exist_ok=True)
-    writer = _tensorboard(out_dir / "tb") if rank == 0 else None
+                        collate_fn=detection_collate if task == "detector" else None)
+    return loader, sampler, gen
+
+
+def build_criterion(task: str, task_cfg: TaskConfig, model: nn.Module, num_classes: int) -> nn.Module:
+    loss = task_cfg.loss
+    if task == "detector":
+        return DetectionLoss(*model.points(tuple(task_cfg.input_size)), num_classes, loss.box_weight)
+    return SegmentationLoss(num_classes, loss.dice_weight, loss.class_weights, loss.cldice_weight)
+
+
+def restore(tr: Training, path: Path) -> tuple[dict | None, list[dict], int]:
+    """Model, optimizer, schedule, EMA and scaler from `last.pt` -> (best metrics, log rows, next epoch)."""
+    ck = load_checkpoint(path)
+    check_compatible(ck, tr.meta, path)
+    st = ck.get("train_state")
+    if st is None:
+        raise CheckpointError(f"{path}: holds no optimizer/schedule state to resume from; train into a new --out")
+    tr.model.load_state_dict(st["model"])
+    tr.optimizer.load_state_dict(st["optimizer"])
+    tr.scheduler.load_state_dict(st["scheduler"])
+    if tr.ema is not None:
+        tr.ema.load_state_dict(st["ema"])
+    if tr.scaler is not None and st.get("scaler"):
+        tr.scaler.load_state_dict(st["scaler"])
+    if tr.rank == 0:
+        print(f"  resumed from {path} after epoch {ck['epoch']}", flush=True)
+    return st["best"], st["rows"], ck["epoch"] + 1
+
+
+def start_epoch(tr: Training, epoch: int, start: int) -> None:
+    """Re-seed every source of randomness from (seed, epoch), so a resumed run replays the same epochs, and
+    switch the domain-shift presets off for the closing `shift_off_epochs`."""
+    s = tr.task_cfg.train
+    tr.gen.manual_seed(s.seed * 1000 + epoch)
+    torch.manual_seed(s.seed * 1000 + epoch)
+    if tr.sampler is not None:
+        tr.sampler.set_epoch(epoch)
     plain_augment = without_shift(s.augment)  # what the last shift_off_epochs train with,
     switch = s.epochs - s.shift_off_epochs + 1  # from this epoch on
+    if epoch == max(start, switch) and plain_augment != s.augment:
+        # the closing epochs see the training domain only (a resumed run lands here as well)
+        tr.train_set.augment = build_augment(plain_augment, tr.task, s.augment_target, s.shift_p)
+        if epoch == switch:  # a run resumed later loads the moments reset here from its checkpoint
+            # AdamW's second moments were sized by shifted batches, whose gradients are several times the
+            # clean ones (8x measured on the ablation segmenter); with beta2 0.999 they would shrink the
+            # clean epochs' steps for ~1000 iterations. Start the moments afresh on clean gradients.
+            tr.optimizer.state.clear()
+        if tr.rank == 0:
+            reset = ", optimizer moments reset" if epoch == switch else ""
+            print(f"  epochs {epoch}-{s.epochs}: augment {plain_augment!r} (shift presets off{reset})", flush=True)
+    if getattr(tr.train_set, "augment", None) is not None:
+        tr.train_set.augment.set_random_seed(s.seed * 1000 + epoch + 7919 * tr.rank)
+
+
+def end_epoch(tr: Training, out_dir: Path, epoch: int, losses: dict, best: dict | None, rows: list[dict],
+              writer, seconds: float) -> dict:
+    """Rank 0: validate the EMA weights, log the row, write best.pt / last.pt / log.csv -> the best metrics."""
+    final = tr.ema.module if tr.ema is not None else distributed.unwrap(tr.model)
+    metrics = tr.evaluator(final.cpu()) if tr.evaluator else evaluate(final.cpu(), tr.val, tr.spec, tr.post)
+    final.to(tr.device)
+    row = {"epoch": epoch, "lr": tr.optimizer.param_groups[0]["lr"], **losses,
+           **{k: v for k, v in metrics.items() if not isinstance(v, dict | list)}, "seconds": seconds}
+    rows.append(row)
+    print("  " + "  ".join(f"{k} {_fmt(v)}" for k, v in row.items()), flush=True)
+    key = PRIMARY[tr.task]
+    if best is None or _score(metrics[key]) >= _score(best[key]):
+        best = metrics
+        save_checkpoint(out_dir / "best.pt", final, tr.meta, epoch=epoch, metrics=metrics)
+    state = {"model": distributed.unwrap(tr.model).state_dict(), "optimizer": tr.optimizer.state_dict(),
+             "scheduler": tr.scheduler.state_dict(), "ema": tr.ema.state_dict() if tr.ema else None,
+             "scaler": tr.scaler.state_dict() if tr.scaler else None, "best": best, "rows": rows}
+    save_checkpoint(out_dir / "last.pt", final, tr.meta, epoch=epoch, metrics=metrics, train_state=state)
+    _write_csv(out_dir / "log.csv", rows)
+    for k, v in row.items():
+        if k != "epoch" and v is not None:  # a metric without support (no truth pixels) stays missing
+            writer.add_scalar(f"{tr.task}/{k}", v, epoch)
+    return best
+
+
+def fit(task: str, task_cfg: TaskConfig, cfg: ExperimentConfig, out_dir: Path, val_split: str = "val",
+        resume: bool = False, model: nn.Module | None = None, criterion: nn.Module | None = None,
+        evaluator: Callable[[nn.Module], dict] | None = None) -> dict:
+    """Train one task; writes out_dir/{last,best}.pt, log.csv and tb/. Returns the best val metrics.
+
+    `model`, `criterion` and `evaluator` replace ours (comparisons); the loop, schedule, augmentation, EMA
+    and checkpoints are the same. Under torchrun rank 0 evaluates and writes.
+    """
+    tr = build_training(task, task_cfg, cfg, val_split, model, criterion)
+    tr.evaluator = evaluator
+    best, rows, start = restore(tr, out_dir / "last.pt") if resume else (None, [], 1)
+    if tr.world > 1:
+        device_ids = [tr.device.index] if tr.device.type == "cuda" else None
+        tr.model = nn.parallel.DistributedDataParallel(tr.model, device_ids=device_ids)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    writer = _tensorboard(out_dir / "tb") if tr.rank == 0 else None
+    s = task_cfg.train
     for epoch in range(start, s.epochs + 1):
         t0 = time.time()
-        # every source of randomness is re-seeded from (seed, epoch): a resumed run replays the same epochs
-        gen.manual_seed(s.seed * 1000 + epoch)
-        torch.manual_seed(s.seed * 1000 + epoch)
-        if sampler is not None:
-            sampler.set_epoch(epoch)
-        if epoch == max(start, switch) and plain_augment != s.augment:
-            # the closing epochs see the training domain only (a resumed run lands here as well)
-            train_set.augment = build_augment(plain_augment, kind, s.augment_target, s.shift_p)
-            if epoch == switch:  # a run resumed later loads the moments reset here from its checkpoint
-                # AdamW's second moments were sized by shifted batches, whose gradients are several times the
-                # clean ones (8x measured on the ablation segmenter); with beta2 0.999 they would shrink the
-                # clean epochs' steps for ~1000 iterations. Start the moments afresh on clean gradients.
-                optimizer.state.clear()
-            if rank == 0:
-                reset = ", optimizer moments reset" if epoch == switch else ""
-                print(f"  epochs {epoch}-{s.epochs}: augment {plain_augment!r} (shift presets off{reset})", flush=True)
-        if getattr(train_set, "augment", None) is not None:
-            train_set.augment.set_random_seed(s.seed * 1000 + epoch + 7919 * rank)
-        losses = train_one_epoch(model, criterion, loader, optimizer, scheduler, epoch, s.grad_clip, device,
-                                 ema, scaler)
-        if rank == 0:
-            final = ema.module if ema is not None else distributed.unwrap(model)
-            metrics = evaluate(final.cpu(), val, spec, post)
-            final.to(device)
-            row = {"epoch": epoch, "lr": optimizer.param_groups[0]["lr"], **losses,
-                   **{k: v for k, v in metrics.items() if not isinstance(v, dict | list)}, "seconds": time.time() - t0}
-            rows.append(row)
-            print("  " + "  ".join(f"{k} {_fmt(v)}" for k, v in row.items()), flush=True)
-            if best is None or _score(metrics[key]) >= _score(best[key]):
-                best = metrics
-                save_checkpoint(out_dir / "best.pt", final, meta, epoch=epoch, metrics=metrics)
-            state = {"model": distributed.unwrap(model).state_dict(), "optimizer": optimizer.state_dict(),
-                     "scheduler": scheduler.state_dict(), "ema": ema.state_dict() if ema else None,
-                     "scaler": scaler.state_dict() if scaler else None, "best": best, "rows": rows}
-            save_checkpoint(out_dir / "last.pt", final, meta, epoch=epoch, metrics=metrics, train_state=state)
-            _write_csv(out_dir / "log.csv", rows)
-            for k, v in row.items():
-                if k != "epoch" and v is not None:  # a metric without support (no truth pixels) stays missing
-                    writer.add_scalar(f"{kind}/{k}", v, epoch)
+        start_epoch(tr, epoch, start)
+        losses = train_one_epoch(tr.model, tr.criterion, tr.loader, tr.optimizer, tr.scheduler, epoch, s.grad_clip,
+                                 tr.device, tr.ema, tr.scaler)
+        if tr.rank == 0:
+            best = end_epoch(tr, out_dir, epoch, losses, best, rows, writer, time.time() - t0)
         distributed.barrier()
     if writer is not None:
         writer.close()
-    if world > 1:
-        print(f"rank {rank}: final weights digest {distributed.weights_digest(model)}", flush=True)
+    if tr.world > 1:
+        print(f"rank {tr.rank}: final weights digest {distributed.weights_digest(tr.model)}", flush=True)
     return best
+
+
+def train_run(cfg: ExperimentConfig, run: RunDir, task: str = "all", resume: bool = False) -> dict:
+    """Train the config's tasks (or one) into `run` -> best val metrics per task (rank 0; {} elsewhere)."""
+    summary = {}
+    for name in ("detector", "segmenter"):
+        task_cfg = getattr(cfg, name)
+        if task_cfg is None or task not in ("all", name):
+            continue
+        best = fit(name, task_cfg, cfg, run.task_dir(name), resume=resume and run.checkpoint(name, "last").is_file())
+        if distributed.is_main():
+            summary[name] = {k: v for k, v in best.items() if isinstance(v, int | float)}
+            print(f"{name}: best val " + ", ".join(f"{k} {v:.4f}" for k, v in summary[name].items()), flush=True)
+    if distributed.is_main():
+        if not summary:
+            raise ConfigError(f"{cfg.name}: no `detector:` or `segmenter:` section to train")
+        (run.root / "train_summary.json").write_text(json.dumps(summary, indent=2))
+    return summary
 
 
 def _fmt(v) -> str:
@@ -256,9 +339,7 @@ def _tensorboard(path: Path):
 
 def _write_csv(path: Path, rows: list[dict]) -> None:
     keys = list(dict.fromkeys(k for r in rows for k in r))
-    tmp = path.with_name(path.name + ".tmp")
-    with open(tmp, "w", newline="") as f:
+    with atomic_path(path) as tmp, open(tmp, "w", newline="") as f:
         w = csv.DictWriter(f, fieldnames=keys)
         w.writeheader()
         w.writerows(rows)
-    tmp.replace(path)

@@ -247,13 +247,13 @@ class Segmenter(nn.Module):
         return F.interpolate(self.classifier(y), size=size, mode="bilinear")  # (B, K, H, W)
 
 
-def build_model(kind: str, model_args: dict) -> nn.Module:
+def build_model(task: str, model_args: dict) -> nn.Module:
     """Explicit constructor dispatch; model_args are what the checkpoint stores."""
-    if kind == "detector":
+    if task == "detector":
         return Detector(**model_args)
-    elif kind == "segmenter":
+    elif task == "segmenter":
         return Segmenter(**model_args)
-    raise ValueError(f"unknown model kind {kind!r} (detector | segmenter)")
+    raise ValueError(f"unknown task {task!r} (detector | segmenter)")
 
 
 def count_params(model: nn.Module) -> int:

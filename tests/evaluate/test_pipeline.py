@@ -35,13 +35,13 @@ def test_bench_writes_report_keys(tiny_run):
     for key in ("detector.fp32.map50", "detector.int8.map50", "detector.torch.map", "detector.int8-trt.map",
                 "segmenter.fp32.thin_iou", "segmenter.int8.miou", "detector.int8.speedup_1t",
                 "detector.int8.agreement", "segmenter.int8.agreement", "detector.int8.size_ratio"):
-        kind, variant, metric = key.split(".")
-        assert isinstance(report[kind][variant][metric], float), key
-    for kind in ("detector", "segmenter"):
+        task, variant, metric = key.split(".")
+        assert isinstance(report[task][variant][metric], float), key
+    for task in ("detector", "segmenter"):
         for variant in ("fp32", "int8", "int8-trt", "fp32.ort", "int8.ort"):
-            lat = report[kind][variant]["latency_ms"]["1t"]
-            assert lat["p50"] <= lat["p99"] and lat["fps"] > 0, (kind, variant)
-        assert "skipped" in report[kind]["tensorrt"]  # no TensorRT here, and the report says so
+            lat = report[task][variant]["latency_ms"]["1t"]
+            assert lat["p50"] <= lat["p99"] and lat["fps"] > 0, (task, variant)
+        assert "skipped" in report[task]["tensorrt"]  # no TensorRT here, and the report says so
     assert len(report["detector"]["fp32"]["pr50"]) == 101
     for plot in ("detector_pareto.png", "segmenter_pareto.png", "detector_pr.png"):
         assert (bench / plot).read_bytes()[:4] == b"\x89PNG", plot
@@ -86,12 +86,12 @@ def test_gate_without_labels_and_from_device_captures(tiny_run, tiny_data, tmp_p
     assert seg["cells"]["reference/fp32"] == 1.0 and seg["cells"]["deployed/fp32"] == 1.0  # pseudo-GT is fp32
     # frames "captured on a device": the runtime's own tensors, then channel-swapped ones
     images = sorted((tiny_data.parent / "data" / "images" / "val").glob("*.jpg"))
-    for kind in ("detector", "segmenter"):
-        spec = OrtModel(tiny_run / "export" / f"{kind}.onnx").contract.preprocess
+    for task in ("detector", "segmenter"):
+        spec = OrtModel(tiny_run / "export" / f"{task}.onnx").contract.preprocess
         for i, p in enumerate(images[:4]):
             img = read_image(p)
-            save_capture(tmp_path / "cap" / kind, f"{i:04d}", img, *preprocess(img, spec))
-            save_capture(tmp_path / "bad" / kind, f"{i:04d}", img, *swap_channels(img, spec))
+            save_capture(tmp_path / "cap" / task, f"{i:04d}", img, *preprocess(img, spec))
+            save_capture(tmp_path / "bad" / task, f"{i:04d}", img, *swap_channels(img, spec))
     assert gate_main(["--run", str(tiny_run), "--config", str(cfg), "--capture", str(tmp_path / "cap")]) == 0
     assert gate_main(["--run", str(tiny_run), "--config", str(cfg), "--capture", str(tmp_path / "bad")]) == 1
     bad = json.loads((tiny_run / "gate" / "gate.json").read_text())

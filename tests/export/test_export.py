@@ -124,15 +124,15 @@ def test_make_export_writes_manifest_with_mobile_models(tiny_run):
     exp = tiny_run / "export"
     manifest = json.loads((exp / "manifest.json").read_text())
     files = {e["file"]: e for e in manifest["files"]}
-    for kind in ("detector", "segmenter"):
-        for name in (f"{kind}.onnx", f"{kind}.int8.onnx", f"{kind}.int8-trt.onnx", f"mobile/{kind}.ort",
-                     f"mobile/{kind}.int8.ort"):
+    for task in ("detector", "segmenter"):
+        for name in (f"{task}.onnx", f"{task}.int8.onnx", f"{task}.int8-trt.onnx", f"mobile/{task}.ort",
+                     f"mobile/{task}.int8.ort"):
             assert name in files and (exp / name).stat().st_size == files[name]["size_bytes"]
-        assert files[f"{kind}.int8-trt.onnx"]["tensorrt_lint"] == []
-        assert f"mobile/{kind}.int8-trt.ort" not in files  # TensorRT's file is not for phones
-        assert files[f"{kind}.onnx"]["parity_max_rel_err"] < 1e-4
+        assert files[f"{task}.int8-trt.onnx"]["tensorrt_lint"] == []
+        assert f"mobile/{task}.int8-trt.ort" not in files  # TensorRT's file is not for phones
+        assert files[f"{task}.onnx"]["parity_max_rel_err"] < 1e-4
         # the .ort model carries the same contract and gives the same outputs as its ONNX source
-        a, b = OrtModel(exp / f"{kind}.int8.onnx"), OrtModel(exp / "mobile" / f"{kind}.int8.ort")
+        a, b = OrtModel(exp / f"{task}.int8.onnx"), OrtModel(exp / "mobile" / f"{task}.int8.ort")
         assert a.contract == b.contract
         x = np.random.default_rng(1).integers(0, 256, (1, 3, *a.contract.preprocess.input_size), dtype=np.uint8)
         for u, v in zip(a.infer(x), b.infer(x), strict=True):
@@ -141,8 +141,8 @@ def test_make_export_writes_manifest_with_mobile_models(tiny_run):
 
 
 def test_int8_over_budget_keeps_the_most_sensitive_convs_in_float(tiny_run, tiny_data, tmp_path):
-    from export.__main__ import quantize_within_budget
     from export.onnx_export import contract_from_checkpoint
+    from export.pipeline import quantize_within_budget
     from train.checkpoint import load_checkpoint
 
     ckpt = load_checkpoint(tiny_run / "detector" / "best.pt")
@@ -156,8 +156,8 @@ def test_int8_over_budget_keeps_the_most_sensitive_convs_in_float(tiny_run, tiny
     table = (tmp_path / "detector.int8.sensitivity.md").read_text()
     assert "qdq SQNR dB" in table and "1 exclusion round(s)" in table
     # what ships is the best set tried, and the file on disk scores what the manifest will say
+    from datasets.metrics import EvalSet
     from deploy.preprocess import preprocess
-    from evaluate.metrics import EvalSet
 
     shipped = OrtModel(tmp_path / "detector.int8.onnx")
     spec = shipped.contract.preprocess

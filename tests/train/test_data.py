@@ -11,11 +11,11 @@ def test_training_path_and_runtime_give_identical_input_tensors(tiny_run, tiny_d
     """The preprocessing contract: a sample from the training data path is bit-identical to the tensor
     the deployed runtime builds from the same file, using only the ONNX file's own metadata."""
     data = load_dataset_config(tiny_data)
-    for kind in ("detector", "segmenter"):
-        rt = OrtModel(tiny_run / "export" / f"{kind}.onnx")
+    for task in ("detector", "segmenter"):
+        rt = OrtModel(tiny_run / "export" / f"{task}.onnx")
         spec = rt.contract.preprocess
-        ds = DetectionDataset(data, "val", spec) if kind == "detector" else SegmentationDataset(data, "val", spec)
-        paths = [r.path for r in ds.coco.records] if kind == "detector" else [a for a, _ in ds.pairs]
+        ds = DetectionDataset(data, "val", spec) if task == "detector" else SegmentationDataset(data, "val", spec)
+        paths = [r.path for r in ds.coco.records] if task == "detector" else [a for a, _ in ds.pairs]
         for i in range(3):
             train_tensor = ds[i][0].numpy()
             runtime_tensor, _ = rt.prepare(read_image(paths[i]))

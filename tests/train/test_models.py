@@ -56,7 +56,7 @@ def test_losses_are_finite_and_learn_a_batch():
 def test_checkpoint_is_self_describing_and_weights_only(tmp_path):
     args = dict(num_classes=3, channels=16, head_convs=1)
     m = Detector(**args).eval()
-    save_checkpoint(tmp_path / "a.pt", m, {"kind": "detector", "model_args": args, "class_names": ["a", "b", "c"]})
+    save_checkpoint(tmp_path / "a.pt", m, {"task": "detector", "model_args": args, "class_names": ["a", "b", "c"]})
     ck = torch.load(tmp_path / "a.pt", weights_only=True)  # no pickled code
     m2 = model_from_checkpoint(ck)
     x = torch.randint(0, 256, (1, 3, 64, 64), dtype=torch.uint8)
@@ -70,8 +70,8 @@ def test_minimal_backbone_is_relu_without_squeeze_excitation():
     from torchvision.ops.misc import SqueezeExcitation
 
     m = Detector(num_classes=2, backbone="mobilenet_v3_large_minimal", channels=16, head_convs=1)
-    kinds = {type(mod) for mod in m.modules()}
-    assert torch.nn.Hardswish not in kinds and SqueezeExcitation not in kinds and torch.nn.ReLU in kinds
+    tasks = {type(mod) for mod in m.modules()}
+    assert torch.nn.Hardswish not in tasks and SqueezeExcitation not in tasks and torch.nn.ReLU in tasks
     assert torch.nn.Hardswish in {type(mod) for mod in Detector(num_classes=2, channels=16).modules()}
 
 

@@ -3,7 +3,7 @@
 import numpy as np
 import pytest
 
-from evaluate.thin_metrics import ThinMeter, local_width
+from datasets.thin_metrics import ThinMeter, local_width
 
 NAMES, THIN = ["background", "wire"], ["wire"]
 
@@ -21,7 +21,7 @@ def score(pred, truth, tol=1):
 
 
 def test_a_1px_line_shifted_by_1px_has_iou_0_but_boundary_f1_1_at_1px_tolerance():
-    from evaluate.metrics import score_masks
+    from datasets.metrics import score_masks
 
     truth, pred = line(30), line(31)
     assert score_masks([pred], [truth], NAMES, THIN)["iou"]["wire"] == 0.0

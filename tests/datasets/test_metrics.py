@@ -2,8 +2,8 @@ import numpy as np
 
 from datasets.coco import CocoDetection
 from datasets.config import load_dataset_config
+from datasets.metrics import SegMeter, coco_map
 from deploy.postprocess import Detections
-from evaluate.metrics import SegMeter, coco_map
 
 
 def test_coco_map_is_one_for_ground_truth_and_drops_for_shifted_boxes(tiny_data):
@@ -52,7 +52,7 @@ def test_gate_blames_the_stage_whose_checks_fail():
 
 
 def test_agreement_scores_predictions_against_reference_predictions(tiny_data):
-    from evaluate.metrics import agreement_map
+    from datasets.metrics import agreement_map
 
     cfg = load_dataset_config(tiny_data)
     s = cfg.detection_split("val")

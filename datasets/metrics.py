@@ -1,4 +1,7 @@
-"""Accuracy metrics and the one evaluation loop shared by training, bench and gate.
+"""Accuracy metrics and the one evaluation loop shared by training, export, bench and gate.
+
+The scoring core lives in datasets/ (beside the label readers it scores against) so that training and
+export use it without importing from evaluate/.
 
 The loop takes a `runner` (uint8 batch -> list of numpy outputs: torch or any ONNX variant) and a
 `preprocess_fn` (BGR frame -> (tensor, letterbox)), so the same code scores every cell of the gate.
@@ -21,12 +24,19 @@ from pycocotools.cocoeval import COCOeval
 from datasets.coco import CocoDetection
 from datasets.config import DatasetConfig, load_dataset_config
 from datasets.masks import IGNORE_INDEX, read_mask, value_lut
+from datasets.thin_metrics import ThinMeter
 from deploy.postprocess import Detections, decode_detections, decode_mask
 from deploy.preprocess import Letterbox, read_image
-from evaluate.thin_metrics import ThinMeter
 
 Runner = Callable[[np.ndarray], list[np.ndarray]]
 PreprocessFn = Callable[[np.ndarray], tuple[np.ndarray, Letterbox]]
+
+# The one metric table. METRICS: what each task reports (bench, report, robustness, comparisons); the
+# skeleton-based ones are computed only with thin_metrics=True. PRIMARY: what training keeps best.pt by,
+# export's INT8 budget is measured in and the gate judges where its config names no `metric:`.
+METRICS = {"detector": ("map", "map50"), "segmenter": ("miou", "thin_iou", "cldice", "boundary_f1", "recall_1_2px")}
+SKELETON_METRICS = ("cldice", "boundary_f1", "recall_1_2px")
+PRIMARY = {"detector": "map", "segmenter": "thin_iou"}
 
 
 def coco_gt(coco: CocoDetection) -> COCO:
@@ -166,9 +176,9 @@ class EvalSet:
     Training's per-epoch validation, bench, gate and export's INT8 budget all score through this.
     """
 
-    def __init__(self, kind: str, data: DatasetConfig, split: str, limit: int | None = None):
-        self.kind, self.limit = kind, limit
-        if kind == "detector":
+    def __init__(self, task: str, data: DatasetConfig, split: str, limit: int | None = None):
+        self.task, self.limit = task, limit
+        if task == "detector":
             s = data.detection_split(split)
             self.coco = CocoDetection(data.path(s.images), data.path(s.annotations))
             self.images = [r.path for r in self.coco.records[:limit]]
@@ -182,10 +192,10 @@ class EvalSet:
 
     @classmethod
     def from_checkpoint(cls, ckpt: dict, split: str, limit: int | None = None) -> EvalSet:
-        return cls(ckpt["kind"], load_dataset_config(ckpt["config"]["data"]), split, limit)
+        return cls(ckpt["task"], load_dataset_config(ckpt["config"]["data"]), split, limit)
 
     @classmethod
-    def unlabeled(cls, kind: str, images: Sequence[Path], work_dir: Path, class_names: Sequence[str],
+    def unlabeled(cls, task: str, images: Sequence[Path], work_dir: Path, class_names: Sequence[str],
                   thin_classes: Sequence[str] = ()) -> EvalSet:
         """Frames without labels (e.g. device captures): only agreement scoring (`reference=`) applies.
 
@@ -193,8 +203,8 @@ class EvalSet:
         written to work_dir, so the same pycocotools path scores agreement.
         """
         ev = cls.__new__(cls)
-        ev.kind, ev.limit, ev.is_train, ev.images = kind, None, False, [Path(p) for p in images]
-        if kind == "detector":
+        ev.task, ev.limit, ev.is_train, ev.images = task, None, False, [Path(p) for p in images]
+        if task == "detector":
             root = Path(os.path.commonpath([str(p.parent) for p in ev.images]))
             cats = [{"id": i + 1, "name": n} for i, n in enumerate(class_names)]
             entries = []
@@ -216,14 +226,14 @@ class EvalSet:
 
     def predict(self, runner: Runner, preprocess_fn: PreprocessFn, post: dict):
         """Detections per image id (detector) or masks in split order (segmenter)."""
-        if self.kind == "detector":
+        if self.task == "detector":
             return predict_detections(runner, self.coco, preprocess_fn, post, self.limit)
         return predict_masks(runner, self.pairs, preprocess_fn)
 
     def score_predictions(self, preds, reference=None, thin_metrics: bool = True) -> dict:
         """Against the labels, or against `reference` predictions (label-free agreement) when given.
         `thin_metrics=False` skips clDice, boundary F1 and width recall (skeletons are the slow part)."""
-        if self.kind == "detector":
+        if self.task == "detector":
             return coco_map(self.coco, preds) if reference is None else agreement_map(self.coco, reference, preds)
         truths = self.truths if reference is None else reference
         return score_masks(preds, truths, self.seg.classes, self.seg.thin_classes, thin_metrics)

@@ -1,0 +1,168 @@
+"""The export of one run as a library: fp32 ONNX with parity, INT8 for ONNX Runtime CPUs and TensorRT within
+the accuracy budget, .ort files for phones, and the manifest. `python -m export` and the gate self-test call
+`export_run`."""
+
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import json
+from pathlib import Path
+
+import numpy as np
+import onnx
+import torch
+
+from datasets.config import load_dataset_config
+from datasets.metrics import PRIMARY, EvalSet
+from deploy.atomic import write_atomic
+from deploy.contract import TASKS
+from deploy.preprocess import PreprocessSpec, preprocess, read_image
+from deploy.runtime import OrtModel
+from export.check_trt import check_model
+from export.onnx_export import contract_from_checkpoint, export_onnx, parity
+from export.ort_mobile import convert_to_ort, required_ops
+from export.quantize import file_mb, quantize_int8, sample_paths
+from export.sensitivity import sensitivity, to_markdown
+from train.checkpoint import CheckpointError, load_checkpoint, model_from_checkpoint
+from train.config import ExportConfig
+from train.data import build_dataset, image_paths
+from train.run_dir import INT8_VARIANTS, VARIANT_FILES, RunDir
+
+PARITY_TOL = 1e-4  # max |torch - ORT| relative to the output's range
+
+
+def training_images(ckpt: dict) -> list[Path]:
+    data = load_dataset_config(ckpt["config"]["data"])
+    return image_paths(build_dataset(ckpt["task"], data, "train", PreprocessSpec.from_dict(ckpt["preprocess"])))
+
+
+def sha256(path: Path) -> str:
+    return hashlib.sha256(path.read_bytes()).hexdigest()
+
+
+def export_settings(ckpt: dict) -> ExportConfig:
+    """The checkpoint's export settings; keys added since it was written take their defaults."""
+    raw = ckpt["config"].get("export", {})
+    return ExportConfig(**{k: v for k, v in raw.items() if k in ExportConfig.__dataclass_fields__})
+
+
+def quantize_within_budget(ckpt: dict, fp32: Path, int8: Path, contract, calib: list[Path],
+                           method: str, target: str) -> tuple[list[str], dict]:
+    """Quantize; while the val accuracy drop exceeds the budget, keep the most sensitive convs in float.
+
+    Starts from quantize_int8's default exclusions for the target and adds, per round, the two Conv nodes
+    fed by the tensors with the lowest own-Q/DQ SQNR. Writes <int8 file>.sensitivity.md beside the model.
+    """
+    ex = export_settings(ckpt)
+    kept = quantize_int8(fp32, int8, contract, calib, method, target=target)
+    ev = EvalSet.from_checkpoint(ckpt, "val")
+    metric = PRIMARY[ckpt["task"]]
+    prep = lambda img: preprocess(img, contract.preprocess)  # noqa: E731
+    ref = ev.score(OrtModel(fp32).infer, prep, contract.postprocess)[metric]
+    rows = sensitivity(fp32, int8, calib[: ex.sensitivity_images], contract.preprocess)
+    convs = {n.name for n in onnx.load(fp32).graph.node if n.op_type == "Conv"}
+    rounds, best = 0, None
+    while True:
+        got = ev.score(OrtModel(int8).infer, prep, contract.postprocess)[metric]
+        if best is None or got > best[0]:
+            best = (got, kept)
+        if ref - got <= ex.int8_max_drop or rounds >= ex.int8_max_rounds:
+            break
+        more = [c for r in rows for c in r["consumers"] if c in convs and c not in kept][:2]
+        if not more:
+            break
+        rounds += 1
+        print(f"  int8 ({target}) {metric} {got:.4f} vs fp32 {ref:.4f}: keeping {more} in float", flush=True)
+        kept = quantize_int8(fp32, int8, contract, calib, method, exclude=kept + more, target=target)
+    if best[1] != kept:  # a float exclusion can also lower accuracy: ship the best set that was tried
+        got, kept = best
+        print(f"  int8 ({target}): keeping the best tried ({metric} {got:.4f}, {len(kept)} float convs)", flush=True)
+        kept = quantize_int8(fp32, int8, contract, calib, method, exclude=kept, target=target)
+    (int8.parent / f"{int8.name.removesuffix('.onnx')}.sensitivity.md").write_text(
+        f"# {int8.name} INT8 sensitivity (qdq_loss_debug, {ex.sensitivity_images} images)\n\n"
+        f"val {metric}: fp32 {ref:.4f}, int8 {got:.4f} (drop {ref - got:+.4f}, budget {ex.int8_max_drop}), "
+        f"{rounds} exclusion round(s); float convs: {', '.join(kept)}\n\n" + to_markdown(rows))
+    return kept, {"metric": metric, "fp32": ref, "int8": got, "drop": ref - got, "rounds": rounds}
+
+
+def export_one(task: str, ckpt_path: Path, out_dir: Path, calib_images: int | None,
+               dynamic_batch: bool = False) -> list[dict]:
+    ckpt = load_checkpoint(ckpt_path)
+    model = model_from_checkpoint(ckpt)
+    ex = export_settings(ckpt)
+    if dynamic_batch:
+        ex = dataclasses.replace(ex, dynamic_batch=True)
+    spec = PreprocessSpec.from_dict(ckpt["preprocess"])
+    H, W = spec.input_size
+    rng = np.random.default_rng(0)
+    rand = rng.integers(0, 256, (1, 3, H, W), dtype=np.uint8)
+    with torch.no_grad():
+        outs = model(torch.from_numpy(rand))
+    outs = outs if isinstance(outs, tuple) else (outs,)
+    contract = contract_from_checkpoint(ckpt)
+    shapes = {n: ["batch" if ex.dynamic_batch and i == 0 else d for i, d in enumerate(o.shape)]
+              for n, o in zip(contract.outputs, outs, strict=True)}
+    contract = dataclasses.replace(contract, output_shapes=shapes)
+    fp32 = export_onnx(model, contract, out_dir / f"{task}.onnx", opset=ex.opset, dynamic_batch=ex.dynamic_batch)
+    images = training_images(ckpt)
+    real, _ = preprocess(read_image(images[0]), spec)
+    inputs = [rand, real[None]]
+    if ex.dynamic_batch:  # a second batch size through the same file
+        inputs.append(rng.integers(0, 256, (3, 3, H, W), dtype=np.uint8))
+    err = parity(model, fp32, inputs)
+    if err > PARITY_TOL:
+        fp32.unlink()  # a file that disagrees with its checkpoint must not be picked up downstream
+        raise RuntimeError(f"{fp32}: ONNX Runtime differs from torch by {err:.2e} (> {PARITY_TOL}); not exported")
+    n = calib_images or ex.calib_images
+    calib = sample_paths(images, n)
+    method = ex.calib_method
+    common = {"model": task, "config_hash": contract.config_hash, "checkpoint": str(ckpt_path)}
+    entries = [{**common, "file": fp32.name, "precision": "fp32", "target": "onnxruntime-cpu,tensorrt-fp16",
+                "size_bytes": fp32.stat().st_size, "sha256": sha256(fp32), "parity_max_rel_err": err}]
+    report = [f"{task}: fp32 {file_mb(fp32):.2f} MB (parity {err:.1e})"]
+    for target, manifest_target in (("cpu", "onnxruntime-cpu"), ("tensorrt", "tensorrt-qdq")):
+        int8 = out_dir / Path(VARIANT_FILES[INT8_VARIANTS[target]].format(task=task)).name
+        kept, acc = quantize_within_budget(ckpt, fp32, int8, contract, calib, method, target)
+        entry = {**common, "file": int8.name, "precision": "int8", "target": manifest_target,
+                 "size_bytes": int8.stat().st_size, "sha256": sha256(int8), "calibration_images": len(calib),
+                 "calibration_method": method, "float_nodes": kept, "val_accuracy": acc,
+                 "sensitivity": f"{int8.name.removesuffix('.onnx')}.sensitivity.md"}
+        note = ""
+        if target == "tensorrt":
+            entry["tensorrt_lint"] = [str(f) for f in check_model(onnx.load(int8))]
+            note = f", TensorRT lint: {'clean' if not entry['tensorrt_lint'] else 'see manifest.json'}"
+        entries.append(entry)
+        report.append(f"{int8.name} {file_mb(int8):.2f} MB ({entry['size_bytes'] / fp32.stat().st_size:.0%}, "
+                      f"{acc['metric']} {acc['fp32']:.4f} -> {acc['int8']:.4f}{note})")
+    print("; ".join(report) + f" [{len(calib)} calibration images, {method}]", flush=True)
+    return entries
+
+
+def export_run(run: str | Path, checkpoint: str = "best", calib_images: int | None = None,
+               dynamic_batch: bool = False) -> list[dict]:
+    """Export every task trained in `run`; writes <run>/export/ and its manifest.json -> the manifest entries."""
+    rd = RunDir.of(run)
+    rd.export.mkdir(parents=True, exist_ok=True)
+    entries = []
+    for task in [t for t in TASKS if rd.checkpoint(t, checkpoint).is_file()]:
+        entries += export_one(task, rd.checkpoint(task, checkpoint), rd.export, calib_images, dynamic_batch)
+    if not entries:
+        raise CheckpointError(f"{run}: no detector/ or segmenter/ checkpoint; run `make train` first")
+    mobile, ops_config = export_mobile(entries, rd.export)
+    entries += mobile
+    write_atomic(rd.export / "manifest.json", json.dumps(
+        {"files": entries, "ort_mobile_ops_config": str(ops_config.relative_to(rd.export))}, indent=2))
+    return entries
+
+
+def export_mobile(entries: list[dict], out_dir: Path) -> tuple[list[dict], Path]:
+    """.ort files for phones from the ONNX Runtime CPU files (the TensorRT file is not for phones)."""
+    phone = [e for e in entries if "onnxruntime-cpu" in e["target"]]
+    ort_files, ops_config = convert_to_ort([out_dir / e["file"] for e in phone], out_dir / "mobile")
+    ops = required_ops(ops_config)
+    print(f"ORT mobile: {len(ort_files)} .ort files in {out_dir / 'mobile'}, reduced build needs {len(ops)} "
+          f"ops ({', '.join(ops)}); see {ops_config.name}", flush=True)
+    return [{**{k: src[k] for k in ("model", "config_hash", "precision")}, "file": f"mobile/{f.name}",
+             "target": "onnxruntime-mobile", "size_bytes": f.stat().st_size, "sha256": sha256(f)}
+            for src, f in zip(phone, ort_files, strict=True)], ops_config
