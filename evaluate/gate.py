@@ -240,7 +240,8 @@ def baseline_for(task: str, limits: ModelLimits, baselines: dict, reason: str | 
     if run.name not in baselines:  # keyed by run name: a demo baseline never judges another run
         return None, (f"{path} has no entry for run {run.name!r} (has {sorted(baselines)}); baselines are keyed "
                       "by the run folder's name")
-    base = baselines[run.name].get(task)
+    entry = baselines[run.name]
+    base = entry.get(task) if isinstance(entry, dict) else None
     metric = limits.metric or PRIMARY[task]
     if not isinstance(base, dict):
         return None, f"{path}: run {run.name!r} has no {task} figures"
@@ -261,20 +262,17 @@ def run_gate(args, cfg: GateConfig) -> dict:
     baselines, why = load_baselines(cfg, args.config)
     bases = {t: baseline_for(t, cfg.limits(t), baselines, why, run, cfg.baseline, labels) for t in tasks}
     missing = {t: r for t, (_, r) in bases.items() if r}
-    if args.update_baseline and not labels:
-        raise GateConfigError("--update-baseline needs labels: a baseline holds labelled accuracy")
+    if args.update_baseline and (not labels or cfg.baseline is None):
+        raise GateConfigError(f"--update-baseline needs labels and a `baseline:` path in {args.config}")
     if args.require_baseline and not args.update_baseline and missing:
         raise GateConfigError("--require-baseline: " + "; ".join(f"{t}: {r}" for t, r in missing.items()))
     models = {}
     for task in tasks:
         r = gate_model(task, run, cfg.limits(task), args.split, deployed_fn, args.limit, labels, capture)
         base, reason = bases[task]
-        if args.update_baseline:
-            pass
-        elif base is not None:
-            r["checks"] += baseline_checks(task, r, base, cfg.baseline_tolerance)
-        else:
-            r["checks"].append(skipped_check(task, "baseline regression", reason))
+        if not args.update_baseline:
+            r["checks"] += (baseline_checks(task, r, base, cfg.baseline_tolerance) if base is not None
+                            else [skipped_check(task, "baseline regression", reason)])
         r["blame"] = blame(r)
         models[task] = r
     checks = [c for m in models.values() for c in m["checks"]]
@@ -283,13 +281,11 @@ def run_gate(args, cfg: GateConfig) -> dict:
             "labels": all(m["labels"] for m in models.values()), "models": models, "skipped": skipped,
             "checks": checks}
     if args.update_baseline:
-        update_baseline(cfg, args.config, baselines, run, models)
+        update_baseline(cfg, baselines, run, models)
     return gate
 
 
-def update_baseline(cfg: GateConfig, config: str, baselines: dict, run: Path, models: dict) -> None:
-    if cfg.baseline is None:
-        raise GateConfigError(f"{config}: no `baseline:` path to write")
+def update_baseline(cfg: GateConfig, baselines: dict, run: Path, models: dict) -> None:
     baselines[run.name] = {k: {"metric": m["metric"], "accuracy": m["cells"]["deployed/int8"],
                                "latency_ms": m["latency_ms"], "speedup": m["speedup"], "size_mb": m["size_mb"]}
                            for k, m in models.items()}
