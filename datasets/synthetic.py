@@ -14,9 +14,8 @@ from pathlib import Path
 
 import cv2
 import numpy as np
-import yaml
 
-from datasets.config import DatasetError, load_dataset_config
+from datasets.config import DatasetError, load_dataset_config, read_yaml
 
 DET_CLASSES = ["car", "pedestrian", "traffic_sign", "cone"]
 SEG_CLASSES = ["background", "wire", "lane", "crack"]
@@ -235,8 +234,9 @@ def generate(root: str | Path, seed: int, splits: dict[str, int], hw=(240, 320),
 
 
 def dataset_config_path(config: str | Path) -> Path:
-    raw = yaml.safe_load(Path(config).read_text()) or {}
-    return Path(raw["data"]) if isinstance(raw.get("data"), str) else Path(config)
+    """The dataset config an experiment config names (`data:`), or `config` itself when it is one."""
+    raw = read_yaml(Path(config), DatasetError, "config")
+    return Path(raw["data"]) if isinstance(raw, dict) and isinstance(raw.get("data"), str) else Path(config)
 
 
 def prepare_dataset(config: str | Path, force: bool = False) -> None:
