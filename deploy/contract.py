@@ -53,10 +53,9 @@ class Contract:
 
     @classmethod
     def from_metadata(cls, meta: dict[str, str], source: str = "model") -> Contract:
-        fix = FIX
         missing = [k for k in REQUIRED if PREFIX + k not in meta]
         if missing:
-            raise ContractError(f"{source}: no edge-vision contract in its metadata ({missing}); {fix}")
+            raise ContractError(f"{source}: no edge-vision contract in its metadata ({missing}); {FIX}")
         get = lambda k: meta[PREFIX + k]  # noqa: E731
         try:
             spec = PreprocessSpec.from_json(get("preprocess"))
@@ -66,14 +65,14 @@ class Contract:
             shapes = json.loads(meta.get(PREFIX + "output_shapes", "{}"))
             drift = json.loads(meta.get(PREFIX + "drift", "{}"))
         except (ValueError, TypeError, KeyError) as e:
-            raise ContractError(f"{source}: malformed contract metadata ({e}); {fix}") from None
+            raise ContractError(f"{source}: malformed contract metadata ({e}); {FIX}") from None
         if get("task") not in TASKS:
-            raise ContractError(f"{source}: unknown task {get('task')!r} in metadata; {fix}")
+            raise ContractError(f"{source}: unknown task {get('task')!r} in metadata; {FIX}")
         if not names or not all(isinstance(n, str) for n in names):
-            raise ContractError(f"{source}: class_names in metadata must be a non-empty list of strings; {fix}")
+            raise ContractError(f"{source}: class_names in metadata must be a non-empty list of strings; {FIX}")
         if outputs != OUTPUT_NAMES[get("task")]:
             raise ContractError(f"{source}: outputs {outputs} in metadata, a {get('task')} has "
-                                f"{OUTPUT_NAMES[get('task')]}; {fix}")
+                                f"{OUTPUT_NAMES[get('task')]}; {FIX}")
         check_postprocess(get("task"), post, len(names), source)
         return cls(
             task=get("task"),
@@ -91,18 +90,18 @@ class Contract:
         """The graph's output shapes (ints, or names/None for dynamic axes) against the class list: a model
         whose metadata names 3 classes but whose head has 80 channels is refused at load, not at frame 1."""
         n = len(self.class_names)
+        names = f"{n} class names in metadata"
         if self.task == "detector":  # cls_logits (B, N, C), boxes (B, N, 4)
-            want = {"cls_logits": (-1, n), "boxes": (-1, 4)}
+            want = {"cls_logits": (-1, n, names), "boxes": (-1, 4, "4 box coordinates")}
         else:  # logits (B, K, h, w)
-            want = {"logits": (1, n)}
-        for name, (axis, size) in want.items():
+            want = {"logits": (1, n, names)}
+        for name, (axis, size, what) in want.items():
             shape = shapes.get(name)
             if shape is None or len(shape) < 3:
                 raise ContractError(f"{source}: output {name} has shape {shape}, a {self.task} output has at least "
                                     f"3 axes; {FIX}")
             dim = shape[axis]
             if isinstance(dim, int) and dim != size:
-                what = f"{n} class names in metadata" if size == n else "4 box coordinates"
                 raise ContractError(f"{source}: output {name} has {dim} channels on axis {axis}, the contract "
                                     f"expects {what}; {FIX}")
 
