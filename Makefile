@@ -11,12 +11,13 @@ RUN ?= runs/$(NAME)
 GATE ?= configs/gate.yaml
 GATE_ARGS ?=
 ABLATE_CONFIG ?= configs/ablate-shift.yaml
+PEERS := .venv-peers
 DOCKERFILES := docker/cpu/Dockerfile docker/deploy-cpu/Dockerfile docker/jetson/Dockerfile
 IMAGE_TAG ?= 0.1.0
 
 .DEFAULT_GOAL := help
 .PHONY: help setup data train export bench gate gate-selftest demo test lint clean distclean compare-ssdlite \
-	compare-lraspp train-seg thin-diagnose receptive-field robustness ablate-shift \
+	compare-lraspp compare-yolo ablate-recipe train-seg thin-diagnose receptive-field robustness ablate-shift \
 	docker-cpu docker-deploy docker-jetson
 
 help: ## list the targets
@@ -53,6 +54,14 @@ demo: setup ## data + train + export + bench + gate on the synthetic dataset, sm
 
 compare-ssdlite: data ## train ours and torchvision SSDLite on the same budget -> runs/compare-ssdlite/results.json
 	$(PY) -m evaluate.compare_ssdlite --config $(CONFIG) --out runs/compare-ssdlite
+
+compare-yolo: setup ## ours vs Ultralytics YOLO11n / YOLO26n (run from .venv-peers) on the same budget -> runs/compare-yolo/results.json
+	test -x $(PEERS)/bin/yolo || ($(PYTHON) -m venv $(PEERS) && $(PEERS)/bin/pip install --quiet -r requirements-peers.txt)
+	$(PY) -m datasets generate --config configs/compare-yolo.yaml
+	$(PY) -m evaluate.compare_yolo --config configs/compare-yolo.yaml --yolo $(PEERS)/bin/yolo --out runs/compare-yolo
+
+ablate-recipe: data ## one detector per arm of configs/ablate-recipe.yaml (assignment, loss, mosaic, scale) -> runs/ablate-recipe/results.json
+	$(PY) -m evaluate.ablate_recipe --config configs/ablate-recipe.yaml --out runs/ablate-recipe $(ABLATE_ARGS)
 
 compare-lraspp: data ## train ours and torchvision LR-ASPP segmenters on the same budget -> runs/compare-lraspp/results.json
 	$(PY) -m evaluate.compare_lraspp --config $(CONFIG) --out runs/compare-lraspp$(if $(filter-out demo,$(NAME)),-$(NAME))
@@ -94,4 +103,4 @@ clean: ## remove outputs (runs/, data/)
 	rm -rf runs data .pytest_cache .ruff_cache
 
 distclean: clean ## also remove .venv
-	rm -rf $(VENV)
+	rm -rf $(VENV) $(PEERS)

@@ -12,6 +12,11 @@ pixels by a few at most (tests/datasets/test_augment.py checks each transform of
   weather   fog, rain, snow
   season    hue / saturation shifts; with target-domain images (`train.augment_target`, a folder),
             histogram matching or FDA towards them
+  mosaic    four training samples on a 2x2 grid, cropped around a random centre to the input size
+            (A.Mosaic, YOLO's mosaic); the partners come with each call (`partners=`)
+  scale     random scale and translate (A.Affine, YOLO's scale 0.5 / translate 0.1); the segmenter only
+            scales up, so a 1 px mask line never loses pixels to nearest-neighbour downsampling
+The closing `train.close_epochs` train without the shift, mosaic and scale presets (YOLO's close_mosaic).
 Images arrive in BGR (deploy.preprocess.read_image) and are augmented in RGB, the order albumentations'
 colour transforms (white balance, flare colour, FDA / histogram references) assume.
 """
@@ -25,10 +30,13 @@ import albumentations as A
 import cv2
 import numpy as np
 
+from datasets.masks import IGNORE_INDEX
 from deploy.preprocess import read_image
 
-PRESETS = ("none", "flip", "camera", "lighting", "weather", "season")
+PRESETS = ("none", "flip", "camera", "lighting", "weather", "season", "mosaic", "scale")
 SHIFT_PRESETS = ("camera", "lighting", "weather", "season")
+GEOMETRY_PRESETS = ("mosaic", "scale")  # need the input size and the letterbox pad value
+CLOSING_OFF = SHIFT_PRESETS + GEOMETRY_PRESETS  # what the closing epochs train without
 # Bounds that keep a 1-2 px structure visible (each keeps >= 25% of its local contrast at worst, about what
 # the harshest shifted test split, noise_blur, leaves; tests/datasets/test_augment.py measures it):
 MAX_BLUR_KERNEL = 5  # px, Gaussian and defocus; motion blur puts its whole kernel on one line: 3 px
@@ -36,7 +44,11 @@ MIN_DOWNSCALE = 0.6  # of the resolution: lower and a 1 px wire is averaged away
 MAX_DISTORTION = 0.03  # lens distortion: the remap's resampling also softens 1 px lines
 IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".bmp")
 MAX_REFERENCES = 64  # target-domain images held in memory for histogram matching / FDA
-HM_KEY, FDA_KEY = "hm_metadata", "fda_metadata"
+HM_KEY, FDA_KEY, MOSAIC_KEY = "hm_metadata", "fda_metadata", "mosaic_metadata"
+MOSAIC_PARTNERS = 3  # a 2x2 grid: the sample and three others
+SCALE_RANGE = {"detector": (0.5, 1.5), "segmenter": (1.0, 1.5)}
+TRANSLATE = 0.1  # fraction of the input size
+MIN_BOX_VISIBILITY = 0.1
 SHIFT_P = 0.5  # default fraction of the samples that get the domain-shift presets at all (train.shift_p)
 
 
@@ -53,10 +65,10 @@ def parse_augment(spec: str) -> list[str]:
     return names
 
 
-def without_shift(spec: str) -> str:
-    """`spec` with the domain-shift presets taken out ('flip+shift' -> 'flip', 'shift' -> 'none'): what the
-    last `train.shift_off_epochs` epochs train with."""
-    plain = [n for n in parse_augment(spec) if n not in SHIFT_PRESETS]
+def closing_augment(spec: str) -> str:
+    """`spec` without the domain-shift, mosaic and scale presets ('flip+mosaic+shift' -> 'flip', 'shift' ->
+    'none'): what the last `train.close_epochs` epochs train with."""
+    plain = [n for n in parse_augment(spec) if n not in CLOSING_OFF]
     return "+".join(plain) or "none"
 
 
@@ -77,8 +89,20 @@ def _read_rgb(path) -> np.ndarray:
     return cv2.cvtColor(read_image(path), cv2.COLOR_BGR2RGB)
 
 
+def geometry_transforms(name: str, task: str, input_hw: tuple[int, int], pad_value: int) -> list[A.BasicTransform]:
+    """The mosaic and scale presets: they work on the input-sized canvas (the letterbox that follows is then
+    the identity), padding with the letterbox's grey and masks with IGNORE_INDEX (unlabelled, not background)."""
+    if name == "mosaic":
+        return [A.Mosaic(grid_yx=(2, 2), target_size=input_hw, cell_shape=input_hw, fit_mode="contain",
+                         fill=pad_value, fill_mask=IGNORE_INDEX, metadata_key=MOSAIC_KEY, p=1.0)]
+    elif name == "scale":
+        return [A.Affine(scale=SCALE_RANGE[task], translate_percent=(-TRANSLATE, TRANSLATE), fill=pad_value,
+                         fill_mask=IGNORE_INDEX, p=1.0)]
+    raise ValueError(f"{name!r} is not a geometry preset ({' | '.join(GEOMETRY_PRESETS)})")
+
+
 def preset_transforms(name: str, with_references: bool = False) -> list[A.BasicTransform]:
-    """The transforms of one preset, each with its own probability (explicit if/elif, no registry)."""
+    """The transforms of one appearance preset, each with its own probability (explicit if/elif, no registry)."""
     if name == "flip":
         return [A.HorizontalFlip(p=0.5), A.RandomBrightnessContrast(0.15, 0.15, p=0.5)]
     elif name == "camera":
@@ -129,28 +153,46 @@ def preset_transforms(name: str, with_references: bool = False) -> list[A.BasicT
 
 class Augment:
     """An A.Compose called on BGR images (converted to RGB around it), with the season preset's
-    target-domain images passed as albumentations 2.x metadata. Called like the Compose:
-    `aug(image=bgr, mask=m)` or `aug(image=bgr, bboxes=b, labels=l)`."""
+    target-domain images and the mosaic's partner samples passed as albumentations 2.x metadata. Called
+    like the Compose: `aug(image=bgr, mask=m)` or `aug(image=bgr, bboxes=b, labels=l)`, plus
+    `partners=[{"image": bgr, "mask" or "bboxes"+"labels": ...}, ...]` when `needs_partners`."""
 
     def __init__(self, transforms: list[A.BasicTransform], task: str, references: Sequence[np.ndarray] = ()):
-        bbox = A.BboxParams(format="pascal_voc", label_fields=["labels"]) if task == "detector" else None
+        # boxes cut to under MIN_BOX_VISIBILITY of their area by a mosaic or scale crop are dropped (YOLO: 10%)
+        bbox = (A.BboxParams(format="pascal_voc", label_fields=["labels"], min_visibility=MIN_BOX_VISIBILITY)
+                if task == "detector" else None)
         self.compose = A.Compose(transforms, bbox_params=bbox)
         self.references = list(references)
+        self.needs_partners = any(isinstance(t, A.Mosaic) for t in transforms)
+        self.seed = 0
 
     def set_random_seed(self, seed: int) -> None:
+        self.seed = seed
         self.compose.set_random_seed(seed)
 
-    def __call__(self, **data) -> dict:
+    def pick_partners(self, index: int, size: int) -> list[int]:
+        """The mosaic partners of sample `index`: drawn from (seed, index), so an epoch replays exactly
+        whatever order or worker process its samples are loaded in."""
+        rng = np.random.default_rng([self.seed, index])
+        return [int(j) for j in rng.integers(0, size, MOSAIC_PARTNERS)] if size > 1 else []
+
+    def __call__(self, partners: Sequence[dict] = (), **data) -> dict:
         data["image"] = cv2.cvtColor(data["image"], cv2.COLOR_BGR2RGB)
         if self.references:
             data[HM_KEY] = data[FDA_KEY] = self.references
+        if self.needs_partners:
+            data[MOSAIC_KEY] = [{**p, "image": cv2.cvtColor(p["image"], cv2.COLOR_BGR2RGB)} for p in partners]
         out = self.compose(**data)
         out["image"] = cv2.cvtColor(out["image"], cv2.COLOR_RGB2BGR)
         return out
 
 
-def build_augment(spec: str, task: str, target: str | Path | None = None, shift_p: float = SHIFT_P) -> Augment | None:
-    """The training augmentation for `spec` ('none', 'flip', 'shift', 'flip+camera', ...), or None.
+def build_augment(spec: str, task: str, target: str | Path | None = None, shift_p: float = SHIFT_P,
+                  input_hw: tuple[int, int] = (320, 320), pad_value: int = 114) -> Augment | None:
+    """The training augmentation for `spec` ('none', 'flip', 'shift', 'flip+mosaic+scale', ...), or None.
+
+    Order: mosaic and scale first (geometry on the input-sized canvas), then the plain presets, then the
+    domain-shift presets, so colour and blur act on the composed image as a camera would.
 
     The domain-shift presets together apply to a fraction `shift_p` of the samples; the rest keep the clean
     look, so the model still sees the training domain as it is (all-shifted training cost the demo detector
@@ -160,6 +202,7 @@ def build_augment(spec: str, task: str, target: str | Path | None = None, shift_
     if not names:
         return None
     refs = [_read_rgb(p) for p in target_images(target)[:MAX_REFERENCES]] if "season" in names else []
-    plain = [t for n in names if n not in SHIFT_PRESETS for t in preset_transforms(n)]
+    geometry = [t for n in GEOMETRY_PRESETS if n in names for t in geometry_transforms(n, task, input_hw, pad_value)]
+    plain = [t for n in names if n not in CLOSING_OFF for t in preset_transforms(n)]
     shift = [t for n in names if n in SHIFT_PRESETS for t in preset_transforms(n, bool(refs))]
-    return Augment(plain + ([A.Sequential(shift, p=shift_p)] if shift else []), task, refs)
+    return Augment(geometry + plain + ([A.Sequential(shift, p=shift_p)] if shift else []), task, refs)

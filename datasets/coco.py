@@ -4,13 +4,14 @@ from __future__ import annotations
 
 import json
 import math
+import random
 import sys
 from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 
-from datasets.config import DatasetError
+from datasets.config import DatasetConfig, DatasetError
 
 
 @dataclass
@@ -24,6 +25,31 @@ class ImageRecord:
     crowd: np.ndarray  # (N,) bool; crowd regions are ignored in training and in COCOeval matching
 
 
+@dataclass(frozen=True)
+class Holdout:
+    """One side of a fixed-seed train/val split of one annotation file (for sets that ship unsplit): the
+    image ids, sorted and shuffled with `seed`, give their first `val_count` to val and the rest to train."""
+
+    val_count: int
+    seed: int
+    part: str  # "train" | "val"
+
+    def select(self, raw: dict) -> dict:
+        ids = sorted(int(im["id"]) for im in raw.get("images", []))
+        random.Random(self.seed).shuffle(ids)
+        val = set(ids[: self.val_count])
+        keep = {i for i in ids if (i in val) == (self.part == "val")}
+        return {**raw, "images": [im for im in raw["images"] if im["id"] in keep],
+                "annotations": [a for a in raw.get("annotations", []) if a.get("image_id") in keep]}
+
+
+def read_split(data: DatasetConfig, split: str) -> CocoDetection:
+    """The detection split `split` of a dataset config (a fixed-seed part of one file under random_split)."""
+    s = data.detection_split(split)
+    holdout = Holdout(s.val_count, s.seed, split) if s.val_count is not None else None
+    return CocoDetection(data.path(s.images), data.path(s.annotations), holdout)
+
+
 class CocoDetection:
     """Reads instances_*.json. Category ids are mapped to contiguous indices in ascending id order.
 
@@ -33,10 +59,12 @@ class CocoDetection:
     counts printed once: boxes reaching outside their image are clipped to it, empty ones dropped.
     """
 
-    def __init__(self, images_dir: str | Path, ann_file: str | Path):
+    def __init__(self, images_dir: str | Path, ann_file: str | Path, holdout: Holdout | None = None):
         self.images_dir = Path(images_dir)
         self.ann_file = Path(ann_file)
         self.raw = _load_json(self.ann_file)
+        if holdout is not None:
+            self.raw = holdout.select(self.raw)
         cats = sorted(self.raw["categories"], key=lambda c: c["id"])
         self.category_ids = [int(c["id"]) for c in cats]  # contiguous index -> COCO category id
         self.class_names = [str(c["name"]) for c in cats]

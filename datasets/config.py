@@ -23,6 +23,8 @@ class DatasetError(EdgeVisionError, ValueError):
 class DetectionSplit:
     images: str
     annotations: str
+    val_count: int | None = None  # set by `random_split`: this split is one side of a fixed-seed split
+    seed: int = 0
 
 
 @dataclass
@@ -113,7 +115,11 @@ def load_dataset_config(path: str | Path) -> DatasetConfig:
     if not isinstance(raw, dict) or "root" not in raw:
         raise DatasetError(f"{path}: a dataset config needs at least `name` and `root`")
     try:
-        det = {k: DetectionSplit(**v) for k, v in (raw.get("detection") or {}).items()}
+        det_raw = dict(raw.get("detection") or {})
+        rs = det_raw.pop("random_split", None)  # {images, annotations, val_count, seed}: train/val of one file
+        det = {k: DetectionSplit(**v) for k, v in det_raw.items()}
+        if rs:
+            det.update({k: DetectionSplit(**rs) for k in ("train", "val")})
         seg = None
         if raw.get("segmentation"):
             s = dict(raw["segmentation"])

@@ -21,7 +21,7 @@ import numpy as np
 from pycocotools.coco import COCO
 from pycocotools.cocoeval import COCOeval
 
-from datasets.coco import CocoDetection
+from datasets.coco import CocoDetection, read_split
 from datasets.config import DatasetConfig, load_dataset_config
 from datasets.masks import IGNORE_INDEX, read_mask, value_lut
 from datasets.thin_metrics import ThinMeter
@@ -179,10 +179,10 @@ class EvalSet:
     def __init__(self, task: str, data: DatasetConfig, split: str, limit: int | None = None):
         self.task, self.limit = task, limit
         if task == "detector":
-            s = data.detection_split(split)
-            self.coco = CocoDetection(data.path(s.images), data.path(s.annotations))
+            self.coco = read_split(data, split)
             self.images = [r.path for r in self.coco.records[:limit]]
-            self.is_train = s == data.detection.get("train")
+            s = data.detection_split(split)  # the same files as train, and not a held-out part of them
+            self.is_train = split == "train" or (s.val_count is None and s == data.detection.get("train"))
         else:
             self.seg = data.segmentation
             self.pairs = data.segmentation_pairs(split)[:limit]

@@ -70,3 +70,26 @@ def decode_mask(logits: np.ndarray, lb: Letterbox) -> np.ndarray:
     logits = logits.reshape(-1, *logits.shape[-2:])
     mask = logits.argmax(axis=0).astype(np.uint8)  # (h, w)
     return mask_to_image(mask, lb)
+
+
+def decode_yolo(outputs: Sequence[np.ndarray], lb: Letterbox, conf_thres: float = 0.25, iou_thres: float = 0.7,
+                max_det: int = 300) -> Detections:
+    """Ultralytics YOLO detection ONNX outputs -> Detections in source pixels. Two layouts:
+
+      (1, 4 + C, N)  YOLOv8 / YOLO11 raw head: cx, cy, w, h in input pixels, then C class probabilities;
+                     every (location, class) pair above conf_thres is a candidate, then class-aware NMS
+      (1, K, 6)      YOLO26 end-to-end (NMS-free): x1, y1, x2, y2, score, class, best first
+    """
+    out = np.asarray(outputs[0])
+    if out.shape[-1] == 6:  # (1, K, 6); a raw head's last axis is its N >= 100 locations
+        det = out.reshape(-1, 6)
+        det = det[det[:, 4] > conf_thres][:max_det]
+        return Detections(boxes_to_image(det[:, :4].astype(np.float32), lb), det[:, 4].astype(np.float32),
+                          det[:, 5].astype(np.int64))
+    pred = out.reshape(out.shape[-2], out.shape[-1]).T  # (N, 4 + C)
+    loc, cls = np.nonzero(pred[:, 4:] > conf_thres)
+    scores = pred[loc, 4 + cls].astype(np.float32)
+    cxcy, wh = pred[loc, :2], pred[loc, 2:4]
+    cand = np.concatenate([cxcy - wh / 2, cxcy + wh / 2], 1).astype(np.float32)
+    keep = batched_nms(cand, scores, cls, iou_thres)[:max_det]
+    return Detections(boxes_to_image(cand[keep], lb), scores[keep], cls[keep].astype(np.int64))

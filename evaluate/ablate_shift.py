@@ -19,7 +19,7 @@ from pathlib import Path
 
 import numpy as np
 
-from datasets.augment import SHIFT_P, without_shift
+from datasets.augment import SHIFT_P, closing_augment
 from evaluate.robustness import METRICS, evaluate_model
 from train.checkpoint import load_checkpoint
 from train.config import ConfigError, load_config
@@ -39,7 +39,7 @@ def with_train(cfg, change):
 def with_augment(cfg, augment: str):
     """train.augment replaced. Without shift presets the shift settings do nothing, so the 'none' arm takes
     their defaults: its config hash (and --reuse) ignores them."""
-    plain = {"shift_p": SHIFT_P, "shift_off_epochs": 0} if without_shift(augment) == augment else {}
+    plain = {"shift_p": SHIFT_P, "close_epochs": 0} if closing_augment(augment) == augment else {}
     return with_train(cfg, lambda t: dataclasses.replace(t, augment=augment, **plain))
 
 

@@ -22,7 +22,7 @@ import torch
 from torch import nn
 from torchvision.ops.misc import SqueezeExcitation
 
-from datasets.coco import CocoDetection
+from datasets.coco import read_split
 from datasets.config import DatasetError
 from deploy.preprocess import compute_letterbox
 from train.checkpoint import load_checkpoint
@@ -70,8 +70,7 @@ def receptive_fields(model: Detector, size: int = 1024) -> list[dict]:
 def box_sizes(cfg) -> np.ndarray:
     """(M, 2) box width/height of the training split, in model-input pixels (after the letterbox)."""
     data = cfg.dataset()
-    s = data.detection_split("train")
-    coco = CocoDetection(data.path(s.images), data.path(s.annotations))
+    coco = read_split(data, "train")
     spec = cfg.detector.preprocess_spec()
     sizes = []
     for r in coco.records:

@@ -49,3 +49,12 @@ def test_stages_import_only_upstream():
     for stage, allowed in upstream.items():
         for module, imported in _stage_imports(stage).items():
             assert imported <= allowed, f"{stage}/{module} imports {sorted(imported - allowed)}"
+
+
+def test_no_stage_imports_ultralytics():
+    """Ultralytics is AGPL-3.0: it runs as a peer program for `make compare-yolo`, never inside our packages,
+    and stays out of the workstation and field requirements."""
+    for stage in ("datasets", "train", "export", "deploy", "evaluate"):
+        for path in (REPO / stage).glob("*.py"):
+            assert not re.search(r"^\s*(from|import) ultralytics\b", path.read_text(), re.M), path
+    assert not any("ultralytics" in p for p in _pins("requirements.txt") | _pins("requirements-deploy.txt"))

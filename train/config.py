@@ -14,6 +14,8 @@ from datasets.augment import SHIFT_P, parse_augment
 from datasets.config import DatasetConfig, load_dataset_config, read_yaml
 from deploy.errors import EdgeVisionError
 from deploy.preprocess import PreprocessSpec
+from train.assign import ASSIGNERS
+from train.losses import CLS_LOSSES
 
 
 class ConfigError(EdgeVisionError, ValueError):
@@ -39,10 +41,10 @@ class ScheduleConfig:
     grad_clip: float = 10.0
     workers: int = 0
     augment: str = "flip"  # datasets.augment presets joined by '+': none | flip | camera | lighting | weather
-    #                        | season | shift (= camera+lighting+weather+season)
+    #                        | season | shift (= camera+lighting+weather+season) | mosaic | scale
     augment_target: str | None = None  # folder of target-domain images: the season preset matches towards them
     shift_p: float = SHIFT_P  # fraction of the samples that get the domain-shift presets (the rest stay clean)
-    shift_off_epochs: int = 0  # the last N epochs train without the domain-shift presets (cf. YOLO close_mosaic)
+    close_epochs: int = 0  # the last N epochs train without the shift, mosaic and scale presets (YOLO close_mosaic)
     seed: int = 0
     cache_images: bool = True  # keep decoded training images in memory
     ema_decay: float = 0.999  # 0 disables the weight EMA
@@ -52,6 +54,9 @@ class ScheduleConfig:
 @dataclass
 class LossConfig:
     box_weight: float = 2.0  # detector: GIoU weight vs focal classification
+    assigner: str = "fcos"  # detector: fcos (centre sampling) | tal (task-aligned, TOOD / YOLOv8)
+    cls_loss: str = "focal"  # detector: focal | vfl (varifocal) | qfl (quality focal)
+    tal_topk: int = 10  # detector, tal: locations per box
     dice_weight: float = 1.0  # segmenter: soft Dice over non-background classes
     class_weights: list[float] | None = None  # segmenter: cross-entropy weight per class
     cldice_weight: float = 0.0  # segmenter: soft clDice (centreline) weight; 0 = off
@@ -76,6 +81,7 @@ class PostprocessConfig:
 
 @dataclass
 class TaskConfig:
+    preset: str | None = None  # a YAML file of TaskConfig keys (configs/models/*.yaml) under this section's own
     input_size: list[int] = field(default_factory=lambda: [320, 320])  # (H, W)
     channel_order: str = "RGB"
     resize: str = "letterbox"
@@ -166,9 +172,25 @@ def _typed(t, v, where: str):
     return v
 
 
+def apply_preset(section: object) -> object:
+    """A task section with `preset: FILE` -> the preset's keys with the section's own on top; nested sections
+    merge key by key, so `model: {channels: 96}` changes one model key of the preset."""
+    if not isinstance(section, dict) or not section.get("preset"):
+        return section
+    path = Path(section["preset"])
+    preset = read_yaml(path, ConfigError, "model preset")
+    build_dataclass(TaskConfig, preset, str(path))  # its own errors name the preset file
+    merged = dict(preset)
+    for k, v in section.items():
+        merged[k] = {**merged[k], **v} if isinstance(v, dict) and isinstance(merged.get(k), dict) else v
+    return merged
+
+
 def load_config(path: str | Path) -> ExperimentConfig:
     path = Path(path)
     raw = read_yaml(path, ConfigError, "config")
+    if isinstance(raw, dict):
+        raw = {k: apply_preset(v) if k in ("detector", "segmenter") else v for k, v in raw.items()}
     try:
         cfg = build_dataclass(ExperimentConfig, raw or {}, str(path))
     except TypeError as e:
@@ -176,12 +198,15 @@ def load_config(path: str | Path) -> ExperimentConfig:
     for task in (cfg.detector, cfg.segmenter):
         if task is not None:
             task.preprocess_spec()  # validates channel order, resize rule, sizes
+            if task.loss.assigner not in ASSIGNERS or task.loss.cls_loss not in CLS_LOSSES:
+                raise ConfigError(f"{path}: loss.assigner must be one of {ASSIGNERS} and loss.cls_loss one of "
+                                  f"{CLS_LOSSES}; got {task.loss.assigner!r} and {task.loss.cls_loss!r}")
             try:
                 parse_augment(task.train.augment)
             except ValueError as e:
                 raise ConfigError(f"{path}: {e}") from None
             s = task.train
-            if not 0.0 <= s.shift_p <= 1.0 or not 0 <= s.shift_off_epochs <= s.epochs:
-                raise ConfigError(f"{path}: train.shift_p must be in [0, 1] and train.shift_off_epochs in "
-                                  f"[0, epochs]; got {s.shift_p} and {s.shift_off_epochs}")
+            if not 0.0 <= s.shift_p <= 1.0 or not 0 <= s.close_epochs <= s.epochs:
+                raise ConfigError(f"{path}: train.shift_p must be in [0, 1] and train.close_epochs in "
+                                  f"[0, epochs]; got {s.shift_p} and {s.close_epochs}")
     return cfg

@@ -13,7 +13,7 @@ import torch
 from torch.utils.data import Dataset
 
 from datasets.augment import Augment, build_augment
-from datasets.coco import CocoDetection
+from datasets.coco import read_split
 from datasets.config import DatasetConfig
 from datasets.masks import IGNORE_INDEX, read_mask, value_lut
 from deploy.drift import reference_from_tensors
@@ -38,8 +38,7 @@ class DetectionDataset(Dataset):
 
     def __init__(self, data: DatasetConfig, split: str, spec: PreprocessSpec, augment: Augment | None = None,
                  cache_images: bool = False):
-        s = data.detection_split(split)
-        self.coco = CocoDetection(data.path(s.images), data.path(s.annotations))
+        self.coco = read_split(data, split)
         self.class_names = self.coco.class_names
         self.spec = spec
         self.augment = augment
@@ -48,26 +47,29 @@ class DetectionDataset(Dataset):
     def __len__(self) -> int:
         return len(self.coco)
 
-    def __getitem__(self, i: int):
+    def sample(self, i: int) -> dict:
+        """Image i and its boxes clipped to the image (crowd regions carry no box targets), as the
+        augmentation takes them."""
         rec = self.coco.records[i]
         img = self.cache.get(rec.path)
-        keep = ~rec.crowd  # crowd regions carry no box targets
-        boxes, labels = rec.boxes[keep], rec.labels[keep]
+        keep = ~rec.crowd
+        h, w = img.shape[:2]
+        boxes = rec.boxes[keep].copy()
+        boxes[:, [0, 2]] = boxes[:, [0, 2]].clip(0, w)
+        boxes[:, [1, 3]] = boxes[:, [1, 3]].clip(0, h)
+        ok = (boxes[:, 2] > boxes[:, 0]) & (boxes[:, 3] > boxes[:, 1])
+        return {"image": img, "bboxes": boxes[ok], "labels": rec.labels[keep][ok]}
+
+    def __getitem__(self, i: int):
+        out = self.sample(i)
         if self.augment is not None:
-            h, w = img.shape[:2]
-            boxes = boxes.copy()
-            boxes[:, [0, 2]] = boxes[:, [0, 2]].clip(0, w)
-            boxes[:, [1, 3]] = boxes[:, [1, 3]].clip(0, h)
-            ok = (boxes[:, 2] > boxes[:, 0]) & (boxes[:, 3] > boxes[:, 1])
-            out = self.augment(image=img, bboxes=boxes[ok], labels=labels[ok])
-            img = out["image"]
-            boxes = np.asarray(out["bboxes"], np.float32).reshape(-1, 4)
-            labels = np.asarray(out["labels"], np.int64)
-        tensor, lb = preprocess(img, self.spec)
+            out = self.augment(**out, partners=partners(self, i))
+        boxes = np.asarray(out["bboxes"], np.float32).reshape(-1, 4)
+        tensor, lb = preprocess(out["image"], self.spec)
         target = {
             "boxes": torch.from_numpy(boxes_to_input(boxes, lb)),
-            "labels": torch.from_numpy(labels.astype(np.int64)),
-            "image_id": rec.image_id,
+            "labels": torch.from_numpy(np.asarray(out["labels"], np.int64)),
+            "image_id": self.coco.records[i].image_id,
         }
         return torch.from_numpy(tensor), target
 
@@ -87,16 +89,27 @@ class SegmentationDataset(Dataset):
     def __len__(self) -> int:
         return len(self.pairs)
 
-    def __getitem__(self, i: int):
+    def sample(self, i: int) -> dict:
         img_path, mask_path = self.pairs[i]
         img = self.cache.get(img_path)
-        mask = read_mask(mask_path, self.lut, img.shape[:2])
+        return {"image": img, "mask": read_mask(mask_path, self.lut, img.shape[:2])}
+
+    def __getitem__(self, i: int):
+        sample = self.sample(i)
+        img, mask = sample["image"], sample["mask"]
         if self.augment is not None:
-            out = self.augment(image=img, mask=mask)
+            out = self.augment(**sample, partners=partners(self, i))
             img, mask = out["image"], out["mask"]
         tensor, _ = preprocess(img, self.spec)
         m = preprocess_mask(mask, self.spec, IGNORE_INDEX)
         return torch.from_numpy(tensor), torch.from_numpy(m.astype(np.int64))
+
+
+def partners(ds: DetectionDataset | SegmentationDataset, i: int) -> list[dict]:
+    """The other samples a mosaic of sample i combines (none when the augmentation has no mosaic)."""
+    if not ds.augment.needs_partners:
+        return []
+    return [ds.sample(j) for j in ds.augment.pick_partners(i, len(ds))]
 
 
 def detection_collate(batch):
@@ -125,7 +138,7 @@ def build_dataset(task: str, data: DatasetConfig, split: str, spec: PreprocessSp
     """A split as training reads it under `schedule` (augmentation presets, shift_p, augment_target, image
     cache), or, without one, plain and uncached, as calibration reads it."""
     s = schedule or ScheduleConfig(augment="none", cache_images=False)
-    augment = build_augment(s.augment, task, s.augment_target, s.shift_p)
+    augment = build_augment(s.augment, task, s.augment_target, s.shift_p, spec.input_size, spec.pad_value)
     if task == "detector":
         return DetectionDataset(data, split, spec, augment, s.cache_images)
     elif task == "segmenter":

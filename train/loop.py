@@ -19,7 +19,7 @@ from torch.utils.data import DataLoader, Dataset, DistributedSampler
 from torch.utils.flop_counter import FlopCounterMode
 from tqdm import tqdm
 
-from datasets.augment import build_augment, without_shift
+from datasets.augment import build_augment, closing_augment
 from datasets.metrics import PRIMARY, EvalSet
 from deploy.atomic import atomic_path
 from deploy.preprocess import PreprocessSpec, preprocess
@@ -45,6 +45,23 @@ def model_cost(model: nn.Module, input_hw: tuple[int, int]) -> tuple[int, float]
     with torch.no_grad(), FlopCounterMode(display=False) as fc:
         model.eval()(x)
     return count_params(model), fc.get_total_flops() / 1e9
+
+
+def model_latency_ms(model: nn.Module, input_hw: tuple[int, int], runs: int = 10) -> float:
+    """Median CPU latency (ms) of one uint8 image through the eval-mode torch model on one thread: a quick
+    figure at start-up; `make bench` times the exported ONNX with ONNX Runtime."""
+    x = torch.zeros(1, 3, *input_hw, dtype=torch.uint8)
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    times = []
+    with torch.no_grad():
+        for _ in range(runs + 3):
+            t0 = time.perf_counter()
+            model.eval()(x)
+            times.append((time.perf_counter() - t0) * 1e3)
+    torch.set_num_threads(threads)
+    model.train()
+    return float(np.median(times[3:]))
 
 
 def build_optimizer(model: nn.Module, lr: float, weight_decay: float) -> torch.optim.Optimizer:
@@ -157,7 +174,8 @@ def build_training(task: str, task_cfg: TaskConfig, cfg: ExperimentConfig, val_s
     if rank == 0:
         name = type(model).__name__ if args is None else f"{task_cfg.model.backbone} x{task_cfg.model.width_mult}"
         print(f"{task}: {name}, {params / 1e6:.2f} M parameters, {gflops:.2f} GFLOPs at "
-              f"{spec.input_size[0]}x{spec.input_size[1]}, {len(train_set)} train / {len(val)} {val_split} images"
+              f"{spec.input_size[0]}x{spec.input_size[1]}, {model_latency_ms(model, spec.input_size):.1f} ms on one "
+              f"CPU thread (torch), {len(train_set)} train / {len(val)} {val_split} images"
               + (f", {world} processes" if world > 1 else ""), flush=True)
     loader, sampler, gen = build_loader(task, train_set, s, rank, world)
     criterion = (criterion or build_criterion(task, task_cfg, model, len(names))).to(device)
@@ -199,7 +217,8 @@ def build_loader(task: str, train_set: Dataset, s: ScheduleConfig, rank: int,
 def build_criterion(task: str, task_cfg: TaskConfig, model: nn.Module, num_classes: int) -> nn.Module:
     loss = task_cfg.loss
     if task == "detector":
-        return DetectionLoss(*model.points(tuple(task_cfg.input_size)), num_classes, loss.box_weight)
+        return DetectionLoss(*model.points(tuple(task_cfg.input_size)), num_classes, loss.box_weight,
+                             loss.assigner, loss.cls_loss, loss.tal_topk)
     return SegmentationLoss(num_classes, loss.dice_weight, loss.class_weights, loss.cldice_weight)
 
 
@@ -224,17 +243,18 @@ def restore(tr: Training, path: Path) -> tuple[dict | None, list[dict], int]:
 
 def start_epoch(tr: Training, epoch: int, start: int) -> None:
     """Re-seed every source of randomness from (seed, epoch), so a resumed run replays the same epochs, and
-    switch the domain-shift presets off for the closing `shift_off_epochs`."""
+    switch the domain-shift, mosaic and scale presets off for the closing `close_epochs`."""
     s = tr.task_cfg.train
     tr.gen.manual_seed(s.seed * 1000 + epoch)
     torch.manual_seed(s.seed * 1000 + epoch)
     if tr.sampler is not None:
         tr.sampler.set_epoch(epoch)
-    plain_augment = without_shift(s.augment)  # what the last shift_off_epochs train with,
-    switch = s.epochs - s.shift_off_epochs + 1  # from this epoch on
+    plain_augment = closing_augment(s.augment)  # what the last close_epochs train with,
+    switch = s.epochs - s.close_epochs + 1  # from this epoch on
     if epoch == max(start, switch) and plain_augment != s.augment:
         # the closing epochs see the training domain only (a resumed run lands here as well)
-        tr.train_set.augment = build_augment(plain_augment, tr.task, s.augment_target, s.shift_p)
+        tr.train_set.augment = build_augment(plain_augment, tr.task, s.augment_target, s.shift_p,
+                                             tr.spec.input_size, tr.spec.pad_value)
         if epoch == switch:  # a run resumed later loads the moments reset here from its checkpoint
             # AdamW's second moments were sized by shifted batches, whose gradients are several times the
             # clean ones (8x measured on the ablation segmenter); with beta2 0.999 they would shrink the
@@ -242,7 +262,8 @@ def start_epoch(tr: Training, epoch: int, start: int) -> None:
             tr.optimizer.state.clear()
         if tr.rank == 0:
             reset = ", optimizer moments reset" if epoch == switch else ""
-            print(f"  epochs {epoch}-{s.epochs}: augment {plain_augment!r} (shift presets off{reset})", flush=True)
+            print(f"  epochs {epoch}-{s.epochs}: augment {plain_augment!r} (shift, mosaic and scale presets off"
+                  f"{reset})", flush=True)
     if getattr(tr.train_set, "augment", None) is not None:
         tr.train_set.augment.set_random_seed(s.seed * 1000 + epoch + 7919 * tr.rank)
 

@@ -5,79 +5,98 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 from torch import nn
-from torchvision.ops import generalized_box_iou_loss, sigmoid_focal_loss
+from torchvision.ops import box_iou, generalized_box_iou_loss, sigmoid_focal_loss
+
+from train.assign import ASSIGNERS, assign_fcos, assign_tal
 
 IGNORE_INDEX = 255
 
 
-@torch.no_grad()
-def assign_targets(points: torch.Tensor, strides: torch.Tensor, gt_boxes: torch.Tensor,
-                   center_radius: float = 2.5) -> torch.Tensor:
-    """FCOS-style assignment with centre sampling.
+CLS_LOSSES = ("focal", "vfl", "qfl")
 
-    points (N, 2), strides (N,), gt_boxes (M, 4) -> matched gt index per point (N,), -1 for background.
-    A point is positive for a box when it lies inside the box and within center_radius strides of its
-    centre, and the box's largest side distance falls in the level's range (2 to 4 strides; the finest
-    level from 0, the coarsest to infinity). A box too small to hold any point gets the finest-level point
-    nearest its centre, so tiny objects are still learned. Ties go to the smallest box.
-    """
-    n, m = points.shape[0], gt_boxes.shape[0]
-    if m == 0:
-        return torch.full((n,), -1, dtype=torch.long, device=points.device)
-    x, y = points[:, 0:1], points[:, 1:2]  # (N, 1)
-    l, t = x - gt_boxes[:, 0], y - gt_boxes[:, 1]  # (N, M)
-    r, b = gt_boxes[:, 2] - x, gt_boxes[:, 3] - y
-    ltrb = torch.stack([l, t, r, b], -1)  # (N, M, 4)
-    inside = ltrb.min(-1).values > 0
-    cx, cy = (gt_boxes[:, 0] + gt_boxes[:, 2]) / 2, (gt_boxes[:, 1] + gt_boxes[:, 3]) / 2
-    rad = strides[:, None] * center_radius
-    central = ((x - cx).abs() < rad) & ((y - cy).abs() < rad)
-    reach = ltrb.max(-1).values
-    s_min, s_max = strides.min(), strides.max()
-    lo = torch.where(strides == s_min, torch.zeros_like(strides), strides * 2)[:, None]
-    hi = torch.where(strides == s_max, torch.full_like(strides, float("inf")), strides * 4)[:, None]
-    ok = inside & central & (reach >= lo) & (reach <= hi)
-    orphans = ~ok.any(0)  # (M,)
-    if orphans.any():
-        d = (x - cx).abs() + (y - cy).abs() + torch.where(strides == s_min, 0.0, float("inf"))[:, None]
-        nearest = d.argmin(0)  # (M,)
-        ok[nearest[orphans], orphans.nonzero().squeeze(1)] = True
-    area = ((gt_boxes[:, 2] - gt_boxes[:, 0]) * (gt_boxes[:, 3] - gt_boxes[:, 1]))[None].expand(n, m)
-    area = torch.where(ok, area, torch.full_like(area, float("inf")))
-    best_area, best = area.min(1)
-    return torch.where(torch.isfinite(best_area), best, torch.full_like(best, -1))
+
+def varifocal_loss(logits: torch.Tensor, quality: torch.Tensor, alpha: float = 0.75,
+                   gamma: float = 2.0) -> torch.Tensor:
+    """Varifocal loss (VarifocalNet, Zhang et al., 2021), summed: BCE towards the quality target q, weighted
+    by q on positives (q > 0) and by alpha * p^gamma on negatives, so easy negatives fade and good boxes
+    count most. logits and quality have the same shape."""
+    p = logits.sigmoid()
+    weight = torch.where(quality > 0, quality, alpha * p.detach().pow(gamma))
+    return (F.binary_cross_entropy_with_logits(logits, quality, reduction="none") * weight).sum()
+
+
+def quality_focal_loss(logits: torch.Tensor, quality: torch.Tensor, beta: float = 2.0) -> torch.Tensor:
+    """Quality focal loss (Generalized Focal Loss, Li et al., 2020), summed: BCE towards the quality target,
+    scaled by |q - p|^beta; zero where the score already equals the box's quality."""
+    p = logits.sigmoid()
+    return (F.binary_cross_entropy_with_logits(logits, quality, reduction="none") * (quality - p).abs().pow(beta)).sum()
 
 
 class DetectionLoss(nn.Module):
-    """Sigmoid focal loss on 0/1 class targets (RetinaNet/FCOS) + GIoU on the positive locations."""
+    """Classification + GIoU box loss over the assigned locations.
 
-    def __init__(self, points: torch.Tensor, strides: torch.Tensor, num_classes: int, box_weight: float = 2.0):
+    assigner: fcos (centre sampling) | tal (task-aligned); cls_loss: focal (sigmoid focal on 0/1 targets,
+    RetinaNet/FCOS) | vfl | qfl (towards a quality target: TAL's aligned score, or under fcos the IoU of the
+    location's predicted box with its box, as VarifocalNet and GFL do). With vfl / qfl the box loss of each
+    location is weighted by its quality and both losses are normalised by the quality's sum (YOLOv8); with
+    focal the targets are 0/1, the box loss unweighted, and both are normalised by the positives' count.
+    """
+
+    def __init__(self, points: torch.Tensor, strides: torch.Tensor, num_classes: int, box_weight: float = 2.0,
+                 assigner: str = "fcos", cls_loss: str = "focal", topk: int = 10, alpha: float = 1.0,
+                 beta: float = 6.0):
         super().__init__()
+        if assigner not in ASSIGNERS or cls_loss not in CLS_LOSSES:
+            raise ValueError(f"assigner {assigner!r} / cls_loss {cls_loss!r}: choose from {ASSIGNERS} / {CLS_LOSSES}")
         self.register_buffer("points", points)  # (N, 2)
         self.register_buffer("strides", strides)  # (N,)
         self.num_classes = num_classes
         self.box_weight = box_weight
+        self.assigner, self.cls_loss = assigner, cls_loss
+        self.topk, self.alpha, self.beta = topk, alpha, beta
+
+    def assign(self, cls_logits: torch.Tensor, boxes: torch.Tensor,
+               target: dict) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """One image: cls_logits (N, C), boxes (N, 4) -> positive locations (P,), their box index (P,) and
+        quality target (P,)."""
+        gt = target["boxes"]
+        if self.assigner == "tal":
+            match, quality = assign_tal(cls_logits.detach().sigmoid(), boxes.detach(), self.points, self.strides,
+                                        gt, target["labels"], self.topk, self.alpha, self.beta)
+            pos = (match >= 0).nonzero().squeeze(1)
+            return pos, match[pos], quality[pos]
+        match = assign_fcos(self.points, self.strides, gt)
+        pos = (match >= 0).nonzero().squeeze(1)
+        if self.cls_loss == "focal":
+            return pos, match[pos], torch.ones(pos.numel(), device=boxes.device)
+        iou = box_iou(boxes[pos].detach().float(), gt[match[pos]].float()).diagonal().clamp(0, 1)
+        return pos, match[pos], iou
 
     def forward(self, cls_logits: torch.Tensor, boxes: torch.Tensor, targets: list[dict]) -> dict:
         """cls_logits (B, N, C), boxes (B, N, 4); targets: per image {"boxes": (M, 4), "labels": (M,)}."""
-        cls_t = torch.zeros_like(cls_logits)
-        pred_pos, gt_pos, idx_pos = [], [], []
+        cls_t = torch.zeros_like(cls_logits, dtype=torch.float32)  # (B, N, C) 0/1 or quality targets
+        pred_pos, gt_pos, w_pos = [], [], []
         for i, t in enumerate(targets):
-            match = assign_targets(self.points, self.strides, t["boxes"])
-            pos = (match >= 0).nonzero().squeeze(1)
+            pos, match, quality = self.assign(cls_logits[i], boxes[i], t)
             if pos.numel() == 0:
                 continue
-            gt = t["boxes"][match[pos]]
-            pred = boxes[i, pos]
-            cls_t[i, pos, t["labels"][match[pos]]] = 1.0
-            pred_pos.append(pred)
-            gt_pos.append(gt)
-            idx_pos.append(pos)
-        num_pos = max(1.0, float(sum(p.numel() for p in idx_pos)))
-        loss_cls = sigmoid_focal_loss(cls_logits.float(), cls_t, reduction="sum") / num_pos
+            cls_t[i, pos, t["labels"][match]] = quality
+            pred_pos.append(boxes[i, pos])
+            gt_pos.append(t["boxes"][match])
+            w_pos.append(quality)
+        soft = self.cls_loss != "focal"
+        weights = torch.cat(w_pos) if w_pos else cls_t.new_zeros(0)
+        norm = max(1.0, float(weights.sum())) if soft else max(1.0, float(weights.numel()))
+        logits = cls_logits.float()
+        if self.cls_loss == "vfl":
+            loss_cls = varifocal_loss(logits, cls_t) / norm
+        elif self.cls_loss == "qfl":
+            loss_cls = quality_focal_loss(logits, cls_t) / norm
+        else:
+            loss_cls = sigmoid_focal_loss(logits, (cls_t > 0).float(), reduction="sum") / norm
         if pred_pos:
-            loss_box = generalized_box_iou_loss(torch.cat(pred_pos).float(), torch.cat(gt_pos), reduction="sum")
-            loss_box = loss_box / num_pos
+            giou = generalized_box_iou_loss(torch.cat(pred_pos).float(), torch.cat(gt_pos), reduction="none")
+            loss_box = (giou * (weights if soft else 1.0)).sum() / norm
         else:
             loss_box = boxes.sum() * 0.0
         total = loss_cls + self.box_weight * loss_box

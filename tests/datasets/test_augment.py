@@ -9,7 +9,15 @@ import cv2
 import numpy as np
 import pytest
 
-from datasets.augment import PRESETS, Augment, build_augment, parse_augment, preset_transforms, without_shift
+from datasets.augment import (
+    GEOMETRY_PRESETS,
+    PRESETS,
+    Augment,
+    build_augment,
+    closing_augment,
+    parse_augment,
+    preset_transforms,
+)
 from datasets.synthetic import make_scene
 
 SCENES = [make_scene(0, "train", i) for i in range(6)]  # (BGR image, class mask, boxes, labels)
@@ -72,22 +80,24 @@ def test_shift_p_and_the_closing_epochs_drop_the_presets_and_the_optimizer_momen
         aug.set_random_seed(3)
         changed = [not np.array_equal(aug(image=img, mask=mask)["image"], img) for _ in range(20)]
         assert np.mean(changed) == pytest.approx(share, abs=0.15)  # a shifted draw can leave the image as it is
-    assert without_shift("flip+shift") == "flip" and without_shift("shift") == "none"
+    assert closing_augment("flip+shift") == "flip" and closing_augment("shift") == "none"
+    assert closing_augment("flip+mosaic+scale+camera") == "flip"
     cfg = tmp_path / "c.yaml"
-    sched = "{epochs: 2, batch_size: 4, warmup_iters: 2, augment: flip+shift, shift_off_epochs: 1}"
+    sched = "{epochs: 2, batch_size: 4, warmup_iters: 2, augment: flip+shift, close_epochs: 1}"
     cfg.write_text(f"name: c\ndata: {tiny_data}\nsegmenter:\n  input_size: [64, 96]\n  train: {sched}\n")
     c = load_config(cfg)
     fit("segmenter", c.segmenter, c, tmp_path / "run")
-    assert "epochs 2-2: augment 'flip' (shift presets off, optimizer moments reset)" in capsys.readouterr().out
+    closing = "epochs 2-2: augment 'flip' (shift, mosaic and scale presets off, optimizer moments reset)"
+    assert closing in capsys.readouterr().out
     assert built == ["flip"]  # the closing epoch's dataset really lost the shift presets
     steps = {int(st["step"]) for st in opts[0].state.values()}
     assert steps == {iters[1]}  # AdamW's moments restarted with the closing epoch: its steps only, not both
-    cfg.write_text(f"name: c\ndata: {tiny_data}\nsegmenter:\n  train: {{epochs: 2, shift_off_epochs: 3}}\n")
-    with pytest.raises(ConfigError, match="shift_off_epochs"):
+    cfg.write_text(f"name: c\ndata: {tiny_data}\nsegmenter:\n  train: {{epochs: 2, close_epochs: 3}}\n")
+    with pytest.raises(ConfigError, match="close_epochs"):
         load_config(cfg)
 
 
-@pytest.mark.parametrize("preset", PRESETS[1:])
+@pytest.mark.parametrize("preset", [p for p in PRESETS[1:] if p not in GEOMETRY_PRESETS])
 def test_every_transform_keeps_thin_structures_in_mask_and_image(preset):
     """Each transform alone at p=1, 30 draws: >= 95% of the thin mask pixels stay and the 1-2 px structures
     keep >= 25% of their local contrast (the noise_blur test split keeps 26% on the same measure)."""
@@ -143,3 +153,63 @@ def test_season_moves_colours_towards_the_target_domain(tmp_path):
     assert min(dist(o) for o in outs) < 0.6 * dist(img)
     with pytest.raises(ValueError, match="not a folder"):
         build_augment("season", "segmenter", tmp_path / "missing")
+
+
+def blocks(i: int, colours) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """A 240x320 BGR image of three solid blocks, each its own colour and class -> image, boxes, labels."""
+    img = np.full((240, 320, 3), 90, np.uint8)
+    boxes = np.array([[20 + 7 * i, 30, 90 + 7 * i, 110], [150, 60 + 5 * i, 230, 150 + 5 * i], [240, 160, 300, 230]],
+                     np.float32)
+    for (x0, y0, x1, y1), c in zip(boxes.astype(int), colours, strict=True):
+        img[y0:y1, x0:x1] = c
+    return img, boxes, np.arange(3)
+
+
+def test_mosaic_and_scale_keep_every_box_on_its_object():
+    colours = [(0, 0, 255), (0, 255, 0), (255, 0, 0)]
+    samples = [blocks(i, colours) for i in range(4)]
+    aug = build_augment("mosaic+scale", "detector", input_hw=(320, 320))
+    assert aug.needs_partners
+    for seed in range(10):
+        aug.set_random_seed(seed)
+        img, boxes, labels = samples[0]
+        partners = [{"image": im, "bboxes": b, "labels": lab} for im, b, lab in samples[1:]]
+        out = aug(image=img, bboxes=boxes, labels=labels, partners=partners)
+        assert out["image"].shape == (320, 320, 3)
+        for (x0, y0, x1, y1), lab in zip(np.asarray(out["bboxes"]), out["labels"], strict=True):
+            inner = out["image"][int(y0) + 2:int(y1) - 1, int(x0) + 2:int(x1) - 1].reshape(-1, 3).astype(int)
+            if len(inner) < 4:
+                continue  # a sliver at the crop edge
+            share = (np.abs(inner - colours[lab]).sum(1) < 60).mean()
+            assert share > 0.9, f"seed {seed}: box of class {lab} covers {share:.0%} of its object"
+
+
+def test_mosaic_and_scale_keep_one_px_mask_lines_connected_and_on_the_image_line():
+    img = np.full((240, 320, 3), 90, np.uint8)
+    mask = np.zeros((240, 320), np.uint8)
+    for y in (60, 130, 200):
+        cv2.line(mask, (0, y), (319, y + 25), 1, 1)  # 1 px lines, slightly slanted
+    img[mask > 0] = (255, 255, 255)
+    aug = build_augment("mosaic+scale", "segmenter", input_hw=(256, 320))
+    for seed in range(10):
+        aug.set_random_seed(seed)
+        out = aug(image=img, mask=mask, partners=[{"image": img, "mask": mask}] * 3)
+        m = out["mask"]
+        line = m == 1
+        assert line.any() and set(np.unique(m)) <= {0, 1, 255}
+        assert (out["image"][line].min(1) > 150).mean() > 0.95  # the mask still lies on the drawn lines
+        n, comp = cv2.connectedComponents(line.astype(np.uint8), connectivity=8)
+        for k in range(1, n):
+            cols = np.unique(np.nonzero(comp == k)[1])
+            assert cols.max() - cols.min() + 1 == len(cols), f"seed {seed}: a mask line broke into gaps"
+        assert n - 1 <= 3 * 4  # at most every line of every mosaic cell, each in one piece
+
+
+def test_mosaic_partners_come_from_the_seed_and_the_index_only():
+    aug = build_augment("mosaic", "detector")
+    aug.set_random_seed(4)
+    first = [aug.pick_partners(i, 100) for i in range(5)]
+    aug.set_random_seed(4)
+    assert [aug.pick_partners(i, 100) for i in reversed(range(5))][::-1] == first  # order does not matter
+    aug.set_random_seed(5)
+    assert [aug.pick_partners(i, 100) for i in range(5)] != first

@@ -138,3 +138,24 @@ def test_fixable_boxes_are_clipped_or_dropped_and_counted_once(tmp_path, capsys)
     assert coco.fixed == {"clipped": 3, "dropped_empty": 2}
     err = capsys.readouterr().err
     assert err.count("\n") == 1 and "clipped 3 box(es)" in err and "dropped 2 empty box(es)" in err
+
+
+def test_random_split_holds_out_a_fixed_seed_part_of_one_coco_file(tmp_path, tiny_data):
+    import yaml
+
+    from datasets.coco import read_split
+    from datasets.config import load_dataset_config
+    from datasets.metrics import EvalSet
+
+    src = yaml.safe_load(tiny_data.read_text())
+    train = src["detection"]["train"]
+    cfg = tmp_path / "split.yaml"
+    cfg.write_text(yaml.safe_dump({"name": "s", "root": src["root"], "detection": {
+        "random_split": {**train, "val_count": 4, "seed": 3}}}))
+    data = load_dataset_config(cfg)
+    tr, va = read_split(data, "train"), read_split(data, "val")
+    ids_tr, ids_va = {r.image_id for r in tr.records}, {r.image_id for r in va.records}
+    assert len(ids_va) == 4 and len(ids_tr) == 12 - 4 and not ids_tr & ids_va
+    assert {a["image_id"] for a in va.raw["annotations"]} <= ids_va  # pycocotools scores the val part only
+    assert {r.image_id for r in read_split(data, "val").records} == ids_va  # the same part every time
+    assert not EvalSet("detector", data, "val").is_train and EvalSet("detector", data, "train").is_train

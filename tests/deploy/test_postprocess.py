@@ -1,6 +1,6 @@
 import numpy as np
 
-from deploy.postprocess import decode_detections, decode_mask
+from deploy.postprocess import decode_detections, decode_mask, decode_yolo
 from deploy.preprocess import PreprocessSpec, compute_letterbox
 
 
@@ -45,3 +45,25 @@ def test_per_class_thresholds():
     lb = compute_letterbox((64, 64), PreprocessSpec(input_size=(64, 64)))
     d = decode_detections(logits, boxes, lb, conf_thres=[0.5, 0.3])  # class 0 strict, class 1 lenient
     assert d.labels.tolist() == [1]
+
+
+def test_yolo_raw_head_is_centre_size_with_probabilities_and_goes_through_nms():
+    lb = compute_letterbox((240, 320), PreprocessSpec(input_size=(320, 320)))  # 40 px of padding on top
+    pred = np.zeros((1, 4 + 3, 5), np.float32)  # (1, 4 + C, N)
+    pred[0, :4, 0] = [20, 70, 20, 40]  # cx, cy, w, h -> 10, 50, 30, 90 in input pixels
+    pred[0, :4, 1] = [21, 71, 20, 40]  # the same object, lower score: suppressed
+    pred[0, :4, 2] = [200, 200, 10, 10]
+    pred[0, 4 + 1, 0], pred[0, 4 + 1, 1], pred[0, 4 + 2, 2] = 0.9, 0.6, 0.0005  # probabilities, not logits
+    d = decode_yolo([pred], lb, conf_thres=0.001, iou_thres=0.7)
+    assert d.labels.tolist() == [1] and d.scores.tolist() == [np.float32(0.9)]
+    np.testing.assert_allclose(d.boxes, [[10, 10, 30, 50]])
+
+
+def test_yolo_end_to_end_rows_are_corners_score_class_without_nms():
+    lb = compute_letterbox((240, 320), PreprocessSpec(input_size=(320, 320)))
+    rows = np.zeros((1, 300, 6), np.float32)  # (1, K, 6), best first, zero rows at the end
+    rows[0, 0] = [10, 50, 30, 90, 0.8, 2]
+    rows[0, 1] = [11, 51, 31, 91, 0.7, 2]  # overlapping the first: NMS-free output keeps both
+    d = decode_yolo([rows], lb, conf_thres=0.001, max_det=300)
+    assert d.labels.tolist() == [2, 2] and len(d) == 2
+    np.testing.assert_allclose(d.boxes[0], [10, 10, 30, 50])

@@ -2,6 +2,8 @@
 
 import csv
 
+import pytest
+
 from evaluate.compare_lraspp import train_lraspp
 from evaluate.compare_ssdlite import train_ssdlite
 from train.config import load_config
@@ -17,3 +19,58 @@ def test_ssdlite_and_lraspp_train_through_fit(tiny_config, tmp_path):
             row = next(csv.DictReader(f))
         assert loss in row and float(row["loss"]) > 0  # the model's own loss terms, logged by fit
         assert ("map" if folder.endswith("detector") else "thin_iou") in row  # validated by fit every epoch
+
+
+def test_yolo_layout_holds_the_coco_boxes_normalised_and_empty_files_for_background(tiny_config, tmp_path):
+    import json
+
+    from datasets.coco import CocoDetection
+    from deploy.preprocess import read_image
+    from evaluate.compare_yolo import write_yolo_layout
+
+    cfg = load_config(tiny_config)
+    data_yaml = write_yolo_layout(cfg, tmp_path)
+    spec = json.loads(data_yaml.read_text())
+    s = cfg.dataset().detection_split("train")
+    coco = CocoDetection(cfg.dataset().path(s.images), cfg.dataset().path(s.annotations))
+    assert spec["names"] == dict(enumerate(coco.class_names)) or spec["names"] == {
+        str(k): v for k, v in enumerate(coco.class_names)}
+    for rec in coco.records:
+        h, w = read_image(rec.path).shape[:2]
+        rows = [r.split() for r in (tmp_path / "labels" / "train" / f"{rec.path.stem}.txt").read_text().splitlines()]
+        assert (tmp_path / "images" / "train" / rec.path.name).resolve() == rec.path.resolve()
+        keep = ~rec.crowd
+        assert len(rows) == int(keep.sum())
+        for (c, cx, cy, bw, bh), box, label in zip(rows, rec.boxes[keep], rec.labels[keep], strict=True):
+            assert int(c) == label
+            centre_size = [(box[0] + box[2]) / 2 / w, (box[1] + box[3]) / 2 / h, (box[2] - box[0]) / w,
+                           (box[3] - box[1]) / h]
+            assert [float(v) for v in (cx, cy, bw, bh)] == pytest.approx(centre_size, abs=1e-5)
+
+
+def test_compare_yolo_names_the_missing_yolo_command(tiny_config, tmp_path, capsys):
+    from evaluate.compare_yolo import main
+
+    code = main(["--config", str(tiny_config), "--out", str(tmp_path), "--models", "yolo11n",
+                 "--yolo", str(tmp_path / "no-yolo")])
+    err = capsys.readouterr().err.strip()
+    assert code == 2 and "no-yolo" in err and "make compare-yolo" in err and len(err.splitlines()) == 1
+
+
+def test_ablation_arms_are_the_base_detector_with_their_keys_on_top(tiny_config, tmp_path):
+    import yaml
+
+    from evaluate.ablate_recipe import arm_configs
+    from train.config import ConfigError
+
+    spec = tmp_path / "ablate.yaml"
+    spec.write_text(yaml.safe_dump({"base": str(tiny_config), "arms": {
+        "plain": {}, "tal": {"loss": {"assigner": "tal", "cls_loss": "vfl"}, "train": {"augment": "flip+mosaic"}}}}))
+    paths = arm_configs(spec, tmp_path / "out")
+    plain, tal = load_config(paths["plain"]), load_config(paths["tal"])
+    assert plain.segmenter is None and tal.detector.loss.assigner == "tal"
+    assert tal.detector.train.augment == "flip+mosaic" and tal.detector.train.epochs == plain.detector.train.epochs
+    assert tal.detector.model == plain.detector.model
+    spec.write_text(yaml.safe_dump({"base": str(tiny_config), "arms": {"typo": {"loss": {"asigner": "tal"}}}}))
+    with pytest.raises(ConfigError, match="arm 'typo'.*asigner"):
+        arm_configs(spec, tmp_path / "out")

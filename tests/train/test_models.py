@@ -1,8 +1,9 @@
 import pytest
 import torch
 
+from train.assign import assign_fcos
 from train.checkpoint import CheckpointError, load_checkpoint, model_from_checkpoint, save_checkpoint
-from train.losses import DetectionLoss, SegmentationLoss, assign_targets
+from train.losses import DetectionLoss, SegmentationLoss
 from train.models import Detector, Segmenter
 
 
@@ -28,7 +29,7 @@ def test_segmenter_outputs_logits_at_input_resolution():
 def test_assignment_gives_every_box_positives_even_tiny_ones():
     pts, strides = Detector(num_classes=1, channels=16, head_convs=1).points((128, 128))
     gt = torch.tensor([[10.0, 10, 90, 90], [100, 100, 104, 104]])  # big, and smaller than a stride
-    match = assign_targets(pts, strides, gt)
+    match = assign_fcos(pts, strides, gt)
     assert (match == 0).sum() > 0 and (match == 1).sum() == 1
     assert set(match.unique().tolist()) == {-1, 0, 1}
 

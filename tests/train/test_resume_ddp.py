@@ -14,10 +14,13 @@ from tests.conftest import REPO
 
 
 def _config(tiny_data, tmp_path, epochs: int) -> str:
-    sched = {"epochs": epochs, "batch_size": 2, "lr": 0.002, "warmup_iters": 2, "augment": "flip",
-             "deterministic": True}
+    # mosaic + scale until the closing epoch, task-aligned assignment, varifocal loss: the resumed run must
+    # replay their random state (mosaic partners, affine draws) and the switch as well
+    sched = {"epochs": epochs, "batch_size": 2, "lr": 0.002, "warmup_iters": 2, "augment": "flip+mosaic+scale",
+             "close_epochs": 1, "deterministic": True}
     cfg = {"name": "t", "data": str(tiny_data),
-           "detector": {"input_size": [128, 160], "model": {"channels": 16, "head_convs": 1}, "train": sched}}
+           "detector": {"input_size": [128, 160], "model": {"channels": 16, "head_convs": 1}, "train": sched,
+                        "loss": {"assigner": "tal", "cls_loss": "vfl"}}}
     path = tmp_path / "t.yaml"
     path.write_text(yaml.safe_dump(cfg))
     return str(path)

@@ -1,0 +1,256 @@
+"""python -m evaluate.compare_yolo --config configs/compare-yolo.yaml --yolo .venv-peers/bin/yolo
+                                  [--out runs/compare-yolo] [--models ours,yolo11n,yolo26n]
+
+Trains our detector and Ultralytics YOLO11n and YOLO26n from scratch on the same split, input size and epoch
+budget; scores all three with our pycocotools code on the same val images and the same preprocessing (our
+letterbox, pad 114, RGB); times all three with the same ONNX Runtime benchmark (fp32, batch 1, 1 and 2
+threads, alternating rounds); prints one table and writes <out>/results.json.
+
+Ultralytics is AGPL-3.0: it is never imported here. It runs as a separate program, its `yolo` command from
+its own virtual environment (`make compare-yolo` installs it into .venv-peers), on a copy of the split in
+its YOLO txt layout written to a temporary folder. It trains with its own defaults (batch 16, optimizer,
+mosaic, close_mosaic, loss) apart from the shared epochs, input size and seed.
+
+Scoring: all three are decoded with the same settings as Ultralytics' validator (conf 0.001, IoU 0.7, at
+most 300 boxes per image). Each model's folder under <out> is reused when it already holds its ONNX file
+(a YOLO run takes tens of minutes on a CPU); `--fresh` retrains all.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import re
+import shutil
+import subprocess
+import sys
+import tempfile
+from pathlib import Path
+
+import numpy as np
+import onnxruntime as ort
+
+from datasets.coco import read_split
+from datasets.metrics import EvalSet
+from deploy.contract import Contract
+from deploy.errors import EdgeVisionError
+from deploy.postprocess import decode_detections, decode_yolo
+from deploy.preprocess import PreprocessSpec, preprocess, read_image
+from deploy.runtime import session_options
+from evaluate.bench import interleaved_latency
+from export.onnx_export import export_onnx
+from train.checkpoint import load_checkpoint, model_from_checkpoint
+from train.config import ExperimentConfig, load_config
+from train.loop import fit, model_cost
+
+MODELS = ("ours", "yolo11n", "yolo26n")
+EVAL_POST = {"conf_thres": 0.001, "iou_thres": 0.7, "max_det": 300}  # Ultralytics' validator settings
+SUMMARY = re.compile(r"summary \(fused\): .*?([\d,]+) parameters.*?([\d.]+) GFLOPs")
+
+
+class PeerError(EdgeVisionError, RuntimeError):
+    pass
+
+
+def write_yolo_layout(cfg: ExperimentConfig, root: Path) -> Path:
+    """The train and val splits in Ultralytics' layout (images/ symlinked, labels/*.txt with normalised
+    class cx cy w h; crowd regions left out, boxes clipped to the image) -> its data.yaml."""
+    data = cfg.dataset()
+    names = None
+    for split in ("train", "val"):
+        coco = read_split(data, split)
+        names = coco.class_names
+        (root / "images" / split).mkdir(parents=True)
+        (root / "labels" / split).mkdir(parents=True)
+        for rec in coco.records:
+            link = root / "images" / split / rec.path.name
+            link.symlink_to(rec.path.resolve())
+            h, w = read_image(rec.path).shape[:2]
+            b = rec.boxes[~rec.crowd].clip(0, [w, h, w, h])
+            ok = (b[:, 2] > b[:, 0]) & (b[:, 3] > b[:, 1])
+            b, cls = b[ok], rec.labels[~rec.crowd][ok]
+            xywh = np.stack([(b[:, 0] + b[:, 2]) / 2 / w, (b[:, 1] + b[:, 3]) / 2 / h, (b[:, 2] - b[:, 0]) / w,
+                             (b[:, 3] - b[:, 1]) / h], 1)
+            lines = [f"{c} " + " ".join(f"{v:.6f}" for v in row) for c, row in zip(cls, xywh, strict=True)]
+            (root / "labels" / split / f"{link.stem}.txt").write_text("\n".join(lines) + ("\n" if lines else ""))
+    yaml_path = root / "data.yaml"
+    yaml_path.write_text(json.dumps({"path": str(root), "train": "images/train", "val": "images/val",
+                                     "names": dict(enumerate(names))}))  # JSON is YAML
+    return yaml_path
+
+
+def run_yolo(yolo: str, args: list[str], log: Path, env: dict) -> str:
+    """One `yolo` command; its output goes to `log` and is returned. A failure is a PeerError naming the log."""
+    with open(log, "a") as f:
+        f.write(f"$ {yolo} {' '.join(args)}\n")
+        f.flush()
+        r = subprocess.run([yolo, *args], stdout=f, stderr=subprocess.STDOUT, env=env)
+    text = log.read_text()
+    if r.returncode != 0:
+        raise PeerError(f"`yolo {args[0]} {args[1]}` failed (exit {r.returncode}); see {log}")
+    return text
+
+
+def train_peer(name: str, yolo: str, data_yaml: Path, cfg: ExperimentConfig, out: Path) -> dict:
+    """Train one Ultralytics model from scratch and export it to ONNX -> {"onnx", "params", "gflops"}."""
+    s, (h, w) = cfg.detector.train, cfg.detector.input_size
+    out.mkdir(parents=True, exist_ok=True)
+    log = out / "yolo.log"
+    env = {**os.environ, "YOLO_CONFIG_DIR": str(out.resolve() / "settings"), "YOLO_OFFLINE": "1"}
+    text = run_yolo(yolo, ["detect", "train", f"model={name}.yaml", f"data={data_yaml}", f"epochs={s.epochs}",
+                           f"imgsz={max(h, w)}", f"seed={s.seed}", "device=cpu", "workers=2",
+                           "pretrained=False", "amp=False", "plots=False", f"project={out.resolve()}", "name=train",
+                           "exist_ok=True"], log, env)
+    best = out / "train" / "weights" / "best.pt"
+    # nms=False exports YOLO26's NMS-free one-to-one head, (1, 300, 6), as Ultralytics validates it; the
+    # default would export its one-to-many head for NMS instead. YOLO11 has only the raw head, (1, 4 + C, N).
+    end2end = ["nms=False"] if name.startswith("yolo26") else []
+    run_yolo(yolo, ["export", f"model={best}", "format=onnx", f"imgsz={h},{w}", "opset=17", "dynamic=False", *end2end],
+             log, env)
+    found = SUMMARY.findall(text)
+    params, gflops_640 = (int(found[-1][0].replace(",", "")), float(found[-1][1])) if found else (None, None)
+    info = {"onnx": str(best.with_suffix(".onnx")), "params": params,
+            # Ultralytics reports GFLOPs at 640 x 640; FLOPs scale with the pixel count
+            "gflops": gflops_640 * h * w / 640**2 if gflops_640 else None}
+    (out / "model.json").write_text(json.dumps(info))
+    return info
+
+
+def train_ours(cfg: ExperimentConfig, out: Path) -> dict:
+    fit("detector", cfg.detector, cfg, out / "detector")
+    ckpt = load_checkpoint(out / "detector" / "best.pt")
+    model = model_from_checkpoint(ckpt)
+    spec = cfg.detector.preprocess_spec()
+    contract = Contract("detector", spec, ckpt["class_names"], ckpt["config_hash"], ["cls_logits", "boxes"])
+    onnx_path = export_onnx(model, contract, out / "detector.onnx")
+    params, gflops = model_cost(model, spec.input_size)
+    info = {"onnx": str(onnx_path), "params": params, "gflops": gflops}
+    (out / "model.json").write_text(json.dumps(info))
+    return info
+
+
+def ort_runner(path: str, threads: int, float_input: bool):
+    """ONNX Runtime session -> fn(uint8 (1, 3, H, W)) -> outputs. YOLO takes float x/255, ours the bytes."""
+    sess = ort.InferenceSession(path, session_options(threads), providers=["CPUExecutionProvider"])
+    name = sess.get_inputs()[0].name
+    if float_input:
+        return lambda x: sess.run(None, {name: x.astype(np.float32) * (1.0 / 255.0)})
+    return lambda x: sess.run(None, {name: x})
+
+
+def score(name: str, path: str, ev: EvalSet, spec: PreprocessSpec) -> dict:
+    """mAP through pycocotools: the same images, letterbox and scoring for every model."""
+    run = ort_runner(path, 2, name != "ours")
+    preds = {}
+    for rec in ev.coco.records:
+        tensor, lb = preprocess(read_image(rec.path), spec)
+        outs = run(tensor[None])
+        preds[rec.image_id] = (decode_detections(outs[0], outs[1], lb, **EVAL_POST) if name == "ours"
+                               else decode_yolo(outs, lb, **EVAL_POST))
+    return ev.score_predictions(preds)
+
+
+def get_args_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="python -m evaluate.compare_yolo", description=__doc__,
+                                formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--config", default="configs/compare-yolo.yaml")
+    p.add_argument("--yolo", default=".venv-peers/bin/yolo", help="Ultralytics' `yolo` command (its own venv)")
+    p.add_argument("--out", default="runs/compare-yolo")
+    p.add_argument("--models", default=",".join(MODELS),
+                   help="comma-separated subset to train (when not there yet), score and time")
+    p.add_argument("--repeats", type=int, default=200, help="timed runs per model and thread count")
+    p.add_argument("--fresh", action="store_true", help="retrain every model even when its ONNX is there")
+    return p
+
+
+def trained(name: str, out: Path, fresh: bool) -> dict | None:
+    """A model folder's model.json when its ONNX is there (and --fresh was not given)."""
+    meta = out / name / "model.json"
+    if fresh or not meta.is_file():
+        return None
+    info = json.loads(meta.read_text())
+    return info if Path(info["onnx"]).is_file() else None
+
+
+def train_all(args, cfg: ExperimentConfig, out: Path) -> dict[str, dict]:
+    names = [m for m in args.models.split(",") if m]
+    unknown = sorted(set(names) - set(MODELS))
+    if unknown:
+        raise PeerError(f"--models: {unknown} unknown; choose from {','.join(MODELS)}")
+    peers = [m for m in names if m != "ours"]
+    if any(trained(m, out, args.fresh) is None for m in peers) and not shutil.which(args.yolo):
+        raise PeerError(f"{args.yolo}: Ultralytics' `yolo` command not found; run `make compare-yolo`, which "
+                        "installs it into .venv-peers")
+    models = {}
+    if "ours" in names:
+        models["ours"] = trained("ours", out, args.fresh) or train_ours(cfg, out / "ours")
+    with tempfile.TemporaryDirectory() as tmp:
+        data_yaml = None
+        for name in peers:
+            info = trained(name, out, args.fresh)
+            if info is None:
+                data_yaml = data_yaml or write_yolo_layout(cfg, Path(tmp))
+                print(f"{name}: training {cfg.detector.train.epochs} epochs (log: {out / name / 'yolo.log'})",
+                      flush=True)
+                info = train_peer(name, args.yolo, data_yaml, cfg, out / name)
+            models[name] = info
+    return models
+
+
+def measure(models: dict[str, dict], cfg: ExperimentConfig, repeats: int) -> dict:
+    spec = cfg.detector.preprocess_spec()
+    ev = EvalSet("detector", cfg.dataset(), "val")
+    x = preprocess(read_image(ev.images[0]), spec)[0][None]
+    runners = {(n, t): ort_runner(m["onnx"], t, n != "ours") for n, m in models.items() for t in (1, 2)}
+    times = interleaved_latency({k: (lambda f=f: f(x)) for k, f in runners.items()}, 10, repeats)
+    results = {}
+    for name, m in models.items():
+        results[name] = {**{k: v for k, v in score(name, m["onnx"], ev, spec).items() if k in ("map", "map50")},
+                         "latency_ms": {f"{t}t": times[(name, t)]["p50"] for t in (1, 2)},
+                         "params": m["params"], "gflops": m["gflops"]}
+    return results
+
+
+def print_table(results: dict) -> None:
+    print(f"\n{'model':<8} {'mAP':>6} {'mAP50':>6} {'ORT 1t ms':>10} {'ORT 2t ms':>10} {'params M':>9} {'GFLOPs':>7}")
+    for name, r in results.items():
+        if name == "setup":
+            continue
+        params = f"{r['params'] / 1e6:.2f}" if r["params"] else "-"
+        gflops = f"{r['gflops']:.2f}" if r["gflops"] else "-"
+        print(f"{name:<8} {r['map']:>6.3f} {r['map50']:>6.3f} {r['latency_ms']['1t']:>10.2f} "
+              f"{r['latency_ms']['2t']:>10.2f} {params:>9} {gflops:>7}")
+    peers = [n for n in results if n not in ("ours", "setup")]
+    if peers and "ours" in results:
+        best = max(peers, key=lambda n: results[n]["map"])
+        fast = min(peers, key=lambda n: results[n]["latency_ms"]["1t"])
+        o = results["ours"]
+        print(f"ours - {best} (best mAP): {o['map'] - results[best]['map']:+.3f} mAP; ours / {fast} (fastest) "
+              f"1-thread latency: {o['latency_ms']['1t'] / results[fast]['latency_ms']['1t']:.2f}")
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = get_args_parser().parse_args(argv)
+    try:
+        cfg = load_config(args.config)
+        if cfg.detector is None:
+            raise PeerError(f"{args.config}: no `detector:` section to compare")
+        out = Path(args.out)
+        models = train_all(args, cfg, out)
+        results = measure(models, cfg, args.repeats)
+    except EdgeVisionError as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+    s = cfg.detector.train
+    results["setup"] = {"config": args.config, "epochs": s.epochs, "batch_size_ours": s.batch_size,
+                        "input_size": cfg.detector.input_size, "cores": os.cpu_count(), "split": "val",
+                        "scoring": EVAL_POST}
+    out.mkdir(parents=True, exist_ok=True)
+    (out / "results.json").write_text(json.dumps(results, indent=2))
+    print_table(results)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,40 @@
+"""Model presets and the recipe keys of the experiment config."""
+
+import pytest
+import yaml
+
+from train.config import ConfigError, load_config
+
+
+def write(tmp_path, name, data) -> str:
+    path = tmp_path / name
+    path.write_text(yaml.safe_dump(data))
+    return str(path)
+
+
+def test_a_preset_fills_the_section_and_the_section_overrides_it_key_by_key(tmp_path, tiny_data):
+    preset = write(tmp_path, "p.yaml", {"input_size": [256, 256], "model": {"channels": 96, "head_convs": 3}})
+    cfg = load_config(write(tmp_path, "c.yaml", {"name": "c", "data": str(tiny_data),
+                                                 "detector": {"preset": preset, "model": {"head_convs": 1}}}))
+    d = cfg.detector
+    assert d.input_size == [256, 256] and d.model.channels == 96 and d.model.head_convs == 1
+    assert d.model.backbone == "mobilenet_v3_small"  # a key neither sets keeps its default
+
+
+def test_the_shipped_presets_load_and_the_s_model_is_wider(tmp_path, tiny_data):
+    scales = {k: load_config(write(tmp_path, f"{k}.yaml", {"name": k, "data": str(tiny_data), "detector": {
+        "preset": f"configs/models/detector-{k}.yaml"}})).detector.model for k in ("n", "s")}
+    assert scales["s"].channels > scales["n"].channels
+    assert all(m.channels % 16 == 0 and m.backbone.endswith("_minimal") for m in scales.values())  # INT8-friendly
+
+
+def test_a_bad_preset_or_recipe_key_is_one_error_naming_its_file(tmp_path, tiny_data):
+    bad = write(tmp_path, "bad.yaml", {"model": {"chanels": 96}})
+    with pytest.raises(ConfigError, match=r"bad\.yaml.*chanels"):
+        load_config(write(tmp_path, "c.yaml", {"name": "c", "data": str(tiny_data), "detector": {"preset": bad}}))
+    with pytest.raises(ConfigError, match="model preset not found"):
+        load_config(write(tmp_path, "c.yaml", {"name": "c", "data": str(tiny_data),
+                                               "detector": {"preset": str(tmp_path / "missing.yaml")}}))
+    with pytest.raises(ConfigError, match="assigner"):
+        load_config(write(tmp_path, "c.yaml", {"name": "c", "data": str(tiny_data),
+                                               "detector": {"loss": {"assigner": "atss"}}}))

@@ -1,0 +1,52 @@
+import math
+
+import pytest
+import torch
+
+from train.losses import DetectionLoss, quality_focal_loss, varifocal_loss
+from train.models import Detector
+
+
+def test_varifocal_weights_positives_by_quality_and_negatives_by_their_score():
+    logits = torch.zeros(3)  # p = 0.5 everywhere
+    q = torch.tensor([1.0, 0.5, 0.0])
+    bce = [math.log(2), math.log(2), math.log(2)]  # BCE(0.5 -> q) = ln 2 for any q
+    expected = 1.0 * bce[0] + 0.5 * bce[1] + 0.75 * 0.5**2 * bce[2]
+    assert float(varifocal_loss(logits, q)) == pytest.approx(expected, rel=1e-5)
+
+
+def test_quality_focal_is_zero_where_the_score_equals_the_quality():
+    assert float(quality_focal_loss(torch.zeros(1), torch.tensor([0.5]))) == pytest.approx(0.0, abs=1e-7)
+    p = torch.tensor([0.8])  # target 0.2: BCE * |0.2 - 0.8|^2
+    bce = -(0.2 * math.log(0.8) + 0.8 * math.log(0.2))
+    assert float(quality_focal_loss(torch.logit(p), torch.tensor([0.2]))) == pytest.approx(bce * 0.36, rel=1e-4)
+
+
+@pytest.mark.parametrize("assigner,cls_loss", [("fcos", "focal"), ("fcos", "vfl"), ("tal", "vfl"), ("tal", "qfl")])
+def test_every_assigner_and_loss_learns_a_batch(assigner, cls_loss):
+    torch.manual_seed(0)
+    m = Detector(num_classes=2, channels=16, head_convs=1)
+    crit = DetectionLoss(*m.points((64, 64)), 2, assigner=assigner, cls_loss=cls_loss)
+    x = torch.randint(0, 256, (2, 3, 64, 64), dtype=torch.uint8)
+    targets = [{"boxes": torch.tensor([[8.0, 8, 40, 40]]), "labels": torch.tensor([1])},
+               {"boxes": torch.zeros(0, 4), "labels": torch.zeros(0, dtype=torch.long)}]
+    opt = torch.optim.AdamW(m.parameters(), lr=3e-3)
+    first = None
+    for _ in range(10):
+        out = crit(*m(x), targets)
+        first = first if first is not None else float(out["box"])
+        opt.zero_grad()
+        out["loss"].backward()
+        opt.step()
+    assert torch.isfinite(out["loss"]) and float(out["box"]) < first  # the boxes moved towards the target
+
+
+def test_quality_targets_sit_on_the_assigned_class_only():
+    m = Detector(num_classes=3, channels=16, head_convs=1)
+    crit = DetectionLoss(*m.points((64, 64)), 3, assigner="tal", cls_loss="vfl")
+    logits, boxes = m(torch.zeros(1, 3, 64, 64, dtype=torch.uint8))
+    pos, match, quality = crit.assign(logits[0], boxes[0], {"boxes": torch.tensor([[8.0, 8, 40, 40]]),
+                                                           "labels": torch.tensor([2])})
+    assert len(pos) > 0 and (match == 0).all() and ((quality >= 0) & (quality <= 1)).all()
+    with pytest.raises(ValueError, match="assigner"):
+        DetectionLoss(*m.points((64, 64)), 3, assigner="atss")
