@@ -64,7 +64,12 @@ class CocoDetection:
         self.ann_file = Path(ann_file)
         self.raw = _load_json(self.ann_file)
         if holdout is not None:
+            total = len(self.raw.get("images", []))
             self.raw = holdout.select(self.raw)
+            if not self.raw["images"]:
+                raise DatasetError(f"{self.ann_file}: random_split val_count {holdout.val_count} leaves no "
+                                   f"{holdout.part} images of its {total}; choose a val_count between 1 and "
+                                   f"{total - 1}")
         cats = sorted(self.raw["categories"], key=lambda c: c["id"])
         self.category_ids = [int(c["id"]) for c in cats]  # contiguous index -> COCO category id
         self.class_names = [str(c["name"]) for c in cats]

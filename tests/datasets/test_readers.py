@@ -159,3 +159,7 @@ def test_random_split_holds_out_a_fixed_seed_part_of_one_coco_file(tmp_path, tin
     assert {a["image_id"] for a in va.raw["annotations"]} <= ids_va  # pycocotools scores the val part only
     assert {r.image_id for r in read_split(data, "val").records} == ids_va  # the same part every time
     assert not EvalSet("detector", data, "val").is_train and EvalSet("detector", data, "train").is_train
+    cfg.write_text(yaml.safe_dump({"name": "s", "root": src["root"], "detection": {
+        "random_split": {**train, "val_count": 12}}}))
+    with pytest.raises(DatasetError, match="val_count 12 leaves no train images of its 12"):
+        read_split(load_dataset_config(cfg), "train")
