@@ -41,7 +41,7 @@ def test_every_assigner_and_loss_learns_a_batch(assigner, cls_loss):
     assert torch.isfinite(out["loss"]) and float(out["box"]) < first  # the boxes moved towards the target
 
 
-def test_quality_targets_sit_on_the_assigned_class_only():
+def test_tal_positives_match_the_one_box_with_quality_in_0_1_and_unknown_assigners_are_refused():
     m = Detector(num_classes=3, channels=16, head_convs=1)
     crit = DetectionLoss(*m.points((64, 64)), 3, assigner="tal", cls_loss="vfl")
     logits, boxes = m(torch.zeros(1, 3, 64, 64, dtype=torch.uint8))

@@ -3,7 +3,7 @@ import torch
 
 from train.assign import assign_fcos
 from train.checkpoint import CheckpointError, load_checkpoint, model_from_checkpoint, save_checkpoint
-from train.losses import DetectionLoss, SegmentationLoss
+from train.losses import SegmentationLoss
 from train.models import Detector, Segmenter
 
 
@@ -34,24 +34,9 @@ def test_assignment_gives_every_box_positives_even_tiny_ones():
     assert set(match.unique().tolist()) == {-1, 0, 1}
 
 
-def test_losses_are_finite_and_learn_a_batch():
-    torch.manual_seed(0)
-    m = Detector(num_classes=2, channels=16, head_convs=1)
-    crit = DetectionLoss(*m.points((64, 64)), 2)
-    x = torch.randint(0, 256, (2, 3, 64, 64), dtype=torch.uint8)
-    targets = [{"boxes": torch.tensor([[8.0, 8, 40, 40]]), "labels": torch.tensor([1])},
-               {"boxes": torch.zeros(0, 4), "labels": torch.zeros(0, dtype=torch.long)}]
-    opt = torch.optim.AdamW(m.parameters(), lr=3e-3)
-    first = None
-    for _ in range(8):
-        loss = crit(*m(x), targets)["loss"]
-        first = first if first is not None else float(loss.detach())
-        opt.zero_grad()
-        loss.backward()
-        opt.step()
-    assert torch.isfinite(loss) and float(loss.detach()) < first
+def test_segmentation_loss_is_finite_when_every_pixel_is_ignored():
     seg_loss = SegmentationLoss(3)(torch.randn(1, 3, 8, 8), torch.full((1, 8, 8), 255))
-    assert torch.isfinite(seg_loss["loss"])  # all pixels ignored: still finite
+    assert torch.isfinite(seg_loss["loss"])
 
 
 def test_checkpoint_is_self_describing_and_weights_only(tmp_path):
