@@ -8,6 +8,7 @@ scores each on val through the deploy pre/post-processing, times each distinct m
                    "per_seed": [...]}}, "setup": {...}}
 The ablation file (configs/ablate-recipe.yaml):
   base: configs/demo.yaml        # experiment config whose detector the arms change
+  data: configs/data/X.yaml      # optional: train and score on this dataset instead of the base's
   arms: {name: {loss: {assigner: tal}, train: {augment: flip+mosaic}, ...}, ...}
 Each arm's full config is written to <out>/<arm>/config.yaml; `--reuse` keeps an arm already trained from
 the same config.
@@ -49,15 +50,15 @@ def merge(base: dict, change: dict) -> dict:
 def arm_configs(path: Path, out: Path) -> dict[str, Path]:
     """Write each arm's experiment config to <out>/<arm>/config.yaml (validated by load_config) -> paths."""
     spec = read_yaml(path, ConfigError, "ablation file")
-    if not isinstance(spec, dict) or set(spec) != {"base", "arms"} or not isinstance(spec["arms"], dict):
-        raise ConfigError(f"{path}: an ablation file has exactly `base:` (an experiment config) and `arms:` "
-                          "(name -> detector keys)")
+    if not isinstance(spec, dict) or set(spec) - {"data"} != {"base", "arms"} or not isinstance(spec["arms"], dict):
+        raise ConfigError(f"{path}: an ablation file has `base:` (an experiment config), `arms:` (name -> "
+                          "detector keys) and optionally `data:` (a dataset config)")
     base = read_yaml(Path(spec["base"]), ConfigError, "base config")
     if not isinstance(base, dict) or not isinstance(base.get("detector"), dict):
         raise ConfigError(f"{spec['base']}: the base config needs a `detector:` section")
     paths = {}
     for name, change in spec["arms"].items():
-        raw = {**base, "name": f"{base.get('name', 'ablate')}-{name}",
+        raw = {**base, "name": f"{base.get('name', 'ablate')}-{name}", "data": spec.get("data", base.get("data")),
                "detector": merge(base["detector"], change or {})}
         raw.pop("segmenter", None)
         arm_dir = out / name

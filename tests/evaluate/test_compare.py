@@ -6,6 +6,7 @@ import pytest
 
 from evaluate.compare_lraspp import train_lraspp
 from evaluate.compare_ssdlite import train_ssdlite
+from tests.conftest import REPO
 from train.config import load_config
 
 
@@ -74,3 +75,19 @@ def test_ablation_arms_are_the_base_detector_with_their_keys_on_top(tiny_config,
     spec.write_text(yaml.safe_dump({"base": str(tiny_config), "arms": {"typo": {"loss": {"asigner": "tal"}}}}))
     with pytest.raises(ConfigError, match="arm 'typo'.*asigner"):
         arm_configs(spec, tmp_path / "out")
+
+
+def test_an_ablation_data_key_replaces_the_base_dataset_and_the_shipped_files_validate(tiny_config, tmp_path,
+                                                                                      monkeypatch):
+    import yaml
+
+    from evaluate.ablate_recipe import arm_configs
+
+    spec = tmp_path / "ablate.yaml"
+    spec.write_text(yaml.safe_dump({"base": str(tiny_config), "data": "configs/data/synthetic-150.yaml",
+                                    "arms": {"plain": {}}}))
+    assert yaml.safe_load(arm_configs(spec, tmp_path / "out")["plain"].read_text())["data"] == \
+        "configs/data/synthetic-150.yaml"
+    monkeypatch.chdir(REPO)  # the shipped files name their configs relative to the repo root
+    for shipped in ("ablate-recipe", "ablate-coco128", "ablate-demo150"):
+        assert arm_configs(REPO / "configs" / f"{shipped}.yaml", tmp_path / shipped)  # every arm passes load_config
