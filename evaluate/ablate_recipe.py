@@ -24,17 +24,13 @@ import time
 from pathlib import Path
 
 import numpy as np
-import onnxruntime as ort
 import yaml
 
 from datasets.config import read_yaml
-from deploy.contract import Contract
 from deploy.errors import EdgeVisionError
-from deploy.preprocess import PreprocessSpec
-from deploy.runtime import session_options
 from evaluate.bench import interleaved_latency
-from export.onnx_export import export_onnx
-from train.checkpoint import load_checkpoint, model_from_checkpoint
+from evaluate.compare_yolo import export_detector, ort_runner
+from train.checkpoint import load_checkpoint
 from train.config import ConfigError, ExperimentConfig, load_config
 from train.loop import fit
 
@@ -93,16 +89,13 @@ def train_arm(cfg: ExperimentConfig, run: Path, reuse: bool) -> float:
 def latencies(models: dict[str, Path], repeats: int) -> dict[str, dict]:
     """ORT fp32 p50 per model at 1 and 2 threads, all timed in alternating rounds."""
     with tempfile.TemporaryDirectory() as tmp:
-        runners, x = {}, None
+        runners = {}
         for name, ckpt_path in models.items():
-            ckpt = load_checkpoint(ckpt_path)
-            model, spec = model_from_checkpoint(ckpt), PreprocessSpec(**ckpt["preprocess"])
-            contract = Contract("detector", spec, ckpt["class_names"], ckpt["config_hash"], ["cls_logits", "boxes"])
-            onnx_path = export_onnx(model, contract, Path(tmp) / f"{name}.onnx")
+            onnx_path, _, spec = export_detector(load_checkpoint(ckpt_path), Path(tmp) / f"{name}.onnx")
             x = np.zeros((1, 3, *spec.input_size), np.uint8)
             for t in (1, 2):
-                sess = ort.InferenceSession(str(onnx_path), session_options(t), providers=["CPUExecutionProvider"])
-                runners[(name, t)] = lambda s=sess, a=x: s.run(None, {"images": a})
+                run = ort_runner(str(onnx_path), t)
+                runners[(name, t)] = lambda f=run, a=x: f(a)
         times = interleaved_latency(runners, 10, repeats)
     return {name: {f"{t}t": times[(name, t)]["p50"] for t in (1, 2)} for name in models}
 
@@ -132,7 +125,6 @@ def run_arms(args, paths: dict[str, Path], out: Path) -> dict:
             ck = load_checkpoint(run / "best.pt")
             per_seed.append({"map": ck["metrics"]["map"], "map50": ck["metrics"]["map50"], "seconds": seconds})
             best_models[name] = run / "best.pt"
-        ck = load_checkpoint(best_models[name])
         arms[name] = {m: float(np.mean([r[m] for r in per_seed])) for m in ("map", "map50", "seconds")}
         arms[name].update(params=ck["params"], gflops=ck["gflops"], per_seed=per_seed)
     for name, lat in latencies(best_models, args.repeats).items():

@@ -30,6 +30,7 @@ from pathlib import Path
 
 import numpy as np
 import onnxruntime as ort
+from torch import nn
 
 from datasets.coco import read_split
 from datasets.metrics import EvalSet
@@ -117,13 +118,16 @@ def train_peer(name: str, yolo: str, data_yaml: Path, cfg: ExperimentConfig, out
     return info
 
 
+def export_detector(ckpt: dict, path: Path) -> tuple[Path, nn.Module, PreprocessSpec]:
+    """A detector checkpoint -> its fp32 ONNX at `path` (contract from the checkpoint), the model, its spec."""
+    model, spec = model_from_checkpoint(ckpt), PreprocessSpec(**ckpt["preprocess"])
+    contract = Contract("detector", spec, ckpt["class_names"], ckpt["config_hash"], ["cls_logits", "boxes"])
+    return export_onnx(model, contract, path), model, spec
+
+
 def train_ours(cfg: ExperimentConfig, out: Path) -> dict:
     fit("detector", cfg.detector, cfg, out / "detector")
-    ckpt = load_checkpoint(out / "detector" / "best.pt")
-    model = model_from_checkpoint(ckpt)
-    spec = cfg.detector.preprocess_spec()
-    contract = Contract("detector", spec, ckpt["class_names"], ckpt["config_hash"], ["cls_logits", "boxes"])
-    onnx_path = export_onnx(model, contract, out / "detector.onnx")
+    onnx_path, model, spec = export_detector(load_checkpoint(out / "detector" / "best.pt"), out / "detector.onnx")
     params, gflops = model_cost(model, spec.input_size)
     info = {"onnx": str(onnx_path), "params": params, "gflops": gflops}
     (out / "model.json").write_text(json.dumps(info))
