@@ -6,6 +6,7 @@ targets) and keeps 1-2 px structures: blur kernels are at most MAX_BLUR_KERNEL p
 least MIN_DOWNSCALE of the resolution, fog and contrast losses are bounded, and lens distortion moves
 pixels by a few at most (tests/datasets/test_augment.py checks each transform of each preset alone).
 
+  vflip     vertical flip, for views without an up (road surface, aerial): pixel-exact on 1 px masks
   camera    sensor noise, motion / defocus blur, low-resolution sensor, JPEG artefacts, white balance and
             colour response shifts, vignetting, lens distortion
   lighting  gamma, brightness / contrast, low light, cast shadows, sun flare
@@ -33,7 +34,7 @@ import numpy as np
 from datasets.masks import IGNORE_INDEX
 from deploy.preprocess import read_image
 
-PRESETS = ("none", "flip", "camera", "lighting", "weather", "season", "mosaic", "scale")
+PRESETS = ("none", "flip", "vflip", "camera", "lighting", "weather", "season", "mosaic", "scale")
 SHIFT_PRESETS = ("camera", "lighting", "weather", "season")
 GEOMETRY_PRESETS = ("mosaic", "scale")  # need the input size and the letterbox pad value
 CLOSING_OFF = SHIFT_PRESETS + GEOMETRY_PRESETS  # what the closing epochs train without
@@ -105,6 +106,8 @@ def preset_transforms(name: str, with_references: bool = False) -> list[A.BasicT
     """The transforms of one appearance preset, each with its own probability (explicit if/elif, no registry)."""
     if name == "flip":
         return [A.HorizontalFlip(p=0.5), A.RandomBrightnessContrast(0.15, 0.15, p=0.5)]
+    elif name == "vflip":  # top-down views (road cracks, aerial lines); with flip, all four exact flips
+        return [A.VerticalFlip(p=0.5)]
     elif name == "camera":
         k = MAX_BLUR_KERNEL
         return [

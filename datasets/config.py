@@ -50,6 +50,12 @@ class SegmentationConfig:
     mask_values: dict[int, int] | None = None  # PNG value -> class index; None: value is the index
     splits: dict[str, SegmentationSplit] = field(default_factory=dict)
     random_split: RandomSplit | None = None
+    match_tolerance: float | str = 2.0  # ODS / OIS match distance: px (crack benchmarks: 2), or "bsds"
+
+    def __post_init__(self):
+        t = self.match_tolerance
+        if t != "bsds" and (isinstance(t, str) or t < 0):  # a typo fails at load, not after training
+            raise ValueError(f"segmentation.match_tolerance {t!r}: a distance in px >= 0, or 'bsds'")
 
 
 @dataclass
@@ -139,3 +145,5 @@ def load_dataset_config(path: str | Path) -> DatasetConfig:
         )
     except TypeError as e:
         raise DatasetError(f"{path}: unexpected or missing key ({e})") from None
+    except ValueError as e:
+        raise DatasetError(f"{path}: {e}") from None

@@ -16,6 +16,7 @@ import os
 from collections.abc import Callable, Sequence
 from pathlib import Path
 from types import SimpleNamespace
+from typing import NamedTuple
 
 import numpy as np
 from pycocotools.coco import COCO
@@ -24,18 +25,20 @@ from pycocotools.cocoeval import COCOeval
 from datasets.coco import CocoDetection, read_split
 from datasets.config import DatasetConfig, load_dataset_config
 from datasets.masks import IGNORE_INDEX, read_mask, value_lut
-from datasets.thin_metrics import ThinMeter
-from deploy.postprocess import Detections, decode_detections, decode_mask
+from datasets.thin_metrics import ODSMeter, ThinMeter
+from deploy.postprocess import Detections, decode_detections, decode_mask, decode_probs
 from deploy.preprocess import Letterbox, read_image
 
 Runner = Callable[[np.ndarray], list[np.ndarray]]
 PreprocessFn = Callable[[np.ndarray], tuple[np.ndarray, Letterbox]]
 
 # The one metric table. METRICS: what each task reports (bench, report, robustness, comparisons); the
-# skeleton-based ones are computed only with thin_metrics=True. PRIMARY: what training keeps best.pt by,
-# export's INT8 budget is measured in and the gate judges where its config names no `metric:`.
-METRICS = {"detector": ("map", "map50"), "segmenter": ("miou", "thin_iou", "cldice", "boundary_f1", "recall_1_2px")}
-SKELETON_METRICS = ("cldice", "boundary_f1", "recall_1_2px")
+# threshold-sweep and skeleton ones (THIN_EXTRA_METRICS) are computed only with thin_metrics=True. PRIMARY:
+# what training keeps best.pt by, export's INT8 budget is measured in and the gate judges where its config
+# names no `metric:`.
+METRICS = {"detector": ("map", "map50"),
+           "segmenter": ("miou", "thin_iou", "ods_f1", "ois_f1", "cldice", "boundary_f1", "recall_1_2px")}
+THIN_EXTRA_METRICS = ("ods_f1", "ois_f1", "cldice", "boundary_f1", "recall_1_2px")
 PRIMARY = {"detector": "map", "segmenter": "thin_iou"}
 
 
@@ -145,25 +148,48 @@ def predict_detections(runner: Runner, coco: CocoDetection, preprocess_fn: Prepr
     return preds
 
 
+class MaskPrediction(NamedTuple):
+    mask: np.ndarray  # (H, W) uint8 class index in source pixels
+    thin_prob: np.ndarray  # (T, H, W) uint8 probability x 255 of each thin class, for ODS / OIS
+
+
 def predict_masks(runner: Runner, pairs: Sequence[tuple[Path, Path]], preprocess_fn: PreprocessFn,
-                  limit: int | None = None) -> list[np.ndarray]:
+                  thin: Sequence[int] = (), limit: int | None = None) -> list[MaskPrediction]:
+    """Class masks and the thin classes' (indices `thin`) probabilities, one per image."""
     out = []
     for img_path, _ in list(pairs)[:limit]:
         tensor, lb = preprocess_fn(read_image(img_path))
-        out.append(decode_mask(runner(tensor[None])[0], lb))
+        logits = runner(tensor[None])[0]
+        out.append(MaskPrediction(decode_mask(logits, lb), decode_probs(logits, lb, thin)))
     return out
 
 
-def score_masks(preds: Sequence[np.ndarray], truths: Sequence[np.ndarray], class_names, thin_classes,
-                thin_metrics: bool = True) -> dict:
-    """mIoU / per-class IoU / thin IoU, plus clDice, boundary F1 (2 px) and width-bucketed recall."""
-    meter = SegMeter(class_names, thin_classes)
-    thin = ThinMeter(list(class_names), list(thin_classes)) if thin_metrics and thin_classes else None
+def score_masks(preds: Sequence[MaskPrediction | np.ndarray], truths: Sequence[np.ndarray], class_names,
+                thin_classes, thin_metrics: bool = True, tolerance: float | str = 2.0) -> dict:
+    """mIoU / per-class IoU / thin IoU; with thin_metrics also clDice, boundary F1 (2 px), width-bucketed recall
+    and, from MaskPredictions' probabilities, ODS / OIS F1 within `tolerance` px."""
+    names, thin_classes = list(class_names), list(thin_classes)
+    meter = SegMeter(names, thin_classes)
+    thin = ThinMeter(names, thin_classes) if thin_metrics and thin_classes else None
+    with_probs = thin is not None and bool(preds) and isinstance(preds[0], MaskPrediction)
+    ods = {c: ODSMeter(tolerance) for c in thin_classes} if with_probs else {}
     for p, t in zip(preds, truths, strict=True):
-        meter.update(p, t)
+        mask = p.mask if isinstance(p, MaskPrediction) else p
+        meter.update(mask, t)
         if thin is not None:
-            thin.update(p, t)
-    return {**meter.compute(), **(thin.compute() if thin is not None else {})}
+            thin.update(mask, t)
+        for i, c in enumerate(ods):
+            ods[c].update(p.thin_prob[i], t == names.index(c), t != IGNORE_INDEX)
+    return {**meter.compute(), **(thin.compute() if thin is not None else {}), **ods_summary(ods)}
+
+
+def ods_summary(meters: dict[str, ODSMeter]) -> dict:
+    """ODS / OIS means over the thin classes with truth (like thin IoU), and each class's figures and PR curve."""
+    per = {c: r for c, m in meters.items() if (r := m.compute()) is not None}
+    if not meters:
+        return {}
+    mean = {k: float(np.mean([r[k] for r in per.values()])) if per else None for k in ("ods_f1", "ois_f1")}
+    return {**mean, "ods": per}
 
 
 def load_truth_masks(pairs: Sequence[tuple[Path, Path]], lut: np.ndarray, limit: int | None = None):
@@ -189,6 +215,7 @@ class EvalSet:
             self.truths = load_truth_masks(self.pairs, value_lut(self.seg))
             self.images = [img for img, _ in self.pairs]
             self.is_train = self.pairs == data.segmentation_pairs("train")[:limit]
+        self.thin_idx = [self.seg.classes.index(c) for c in self.seg.thin_classes] if task == "segmenter" else []
 
     @classmethod
     def from_checkpoint(cls, ckpt: dict, split: str, limit: int | None = None) -> EvalSet:
@@ -216,7 +243,8 @@ class EvalSet:
             ann.write_text(json.dumps({"images": entries, "categories": cats, "annotations": []}))
             ev.coco = CocoDetection(root, ann)
         else:
-            ev.seg = SimpleNamespace(classes=list(class_names), thin_classes=list(thin_classes))
+            ev.seg = SimpleNamespace(classes=list(class_names), thin_classes=list(thin_classes), match_tolerance=2.0)
+            ev.thin_idx = [ev.seg.classes.index(c) for c in ev.seg.thin_classes]
             ev.pairs = [(p, None) for p in ev.images]
             ev.truths = None
         return ev
@@ -228,15 +256,16 @@ class EvalSet:
         """Detections per image id (detector) or masks in split order (segmenter)."""
         if self.task == "detector":
             return predict_detections(runner, self.coco, preprocess_fn, post, self.limit)
-        return predict_masks(runner, self.pairs, preprocess_fn)
+        return predict_masks(runner, self.pairs, preprocess_fn, self.thin_idx)
 
     def score_predictions(self, preds, reference=None, thin_metrics: bool = True) -> dict:
         """Against the labels, or against `reference` predictions (label-free agreement) when given.
-        `thin_metrics=False` skips clDice, boundary F1 and width recall (skeletons are the slow part)."""
+        `thin_metrics=False` skips THIN_EXTRA_METRICS (skeletons are the slow part)."""
         if self.task == "detector":
             return coco_map(self.coco, preds) if reference is None else agreement_map(self.coco, reference, preds)
-        truths = self.truths if reference is None else reference
-        return score_masks(preds, truths, self.seg.classes, self.seg.thin_classes, thin_metrics)
+        truths = self.truths if reference is None else [r.mask for r in reference]
+        return score_masks(preds, truths, self.seg.classes, self.seg.thin_classes, thin_metrics,
+                           self.seg.match_tolerance)
 
     def score(self, runner: Runner, preprocess_fn: PreprocessFn, post: dict, thin_metrics: bool = True) -> dict:
         return self.score_predictions(self.predict(runner, preprocess_fn, post), thin_metrics=thin_metrics)

@@ -111,3 +111,83 @@ def _f1(p: float, r: float) -> float:
 def _mean(values) -> float | None:
     v = [x for x in values if x is not None]
     return float(np.mean(v)) if v else None
+
+
+# ODS / OIS: the F-measure of a thresholded foreground probability, as edge and crack benchmarks report it
+THRESHOLDS = np.arange(1, 100) / 100  # BSDS's 99 thresholds
+BSDS_MAX_DIST = 0.0075  # BSDS tolerance as a fraction of the image diagonal (the power-line benchmarks use it)
+
+
+def tolerance_px(tolerance: float | str, shape: tuple[int, int]) -> float:
+    """A match distance in pixels: a number as is, "bsds" as 0.0075 x the image diagonal."""
+    if tolerance == "bsds":
+        return BSDS_MAX_DIST * float(np.hypot(*shape))
+    if isinstance(tolerance, str) or tolerance < 0:
+        raise ValueError(f"match tolerance {tolerance!r}: a pixel distance >= 0, or 'bsds'")
+    return float(tolerance)
+
+
+def disk(radius: float) -> np.ndarray:
+    """Structuring element of the offsets within Euclidean distance `radius` (radius 0: the pixel itself)."""
+    r = int(np.floor(radius))
+    yy, xx = np.mgrid[-r : r + 1, -r : r + 1]
+    return (yy**2 + xx**2 <= radius**2 + 1e-9).astype(np.uint8)
+
+
+def _at_or_above(values: np.ndarray, levels: np.ndarray) -> np.ndarray:
+    """For uint8 values: how many are >= each level (levels in 0..256)."""
+    ge = np.cumsum(np.bincount(values.ravel(), minlength=256)[::-1])[::-1]
+    return np.append(ge, 0)[levels]
+
+
+class ODSMeter:
+    """ODS and OIS F-measure of one thin class over THRESHOLDS, with a distance tolerance.
+
+    prob is the class's softmax probability x 255 (uint8, deploy.postprocess.decode_probs). At threshold t a
+    predicted pixel (prob >= t) is a true positive when a truth pixel lies within the tolerance, and a truth
+    pixel is recalled when a predicted pixel lies within it: the rule of the crack benchmarks (CrackForest,
+    DeepCrack). BSDS's benchmark also matches pixels one-to-one and thins the prediction first; this does
+    neither, so on thick predictions it is the more lenient of the two.
+      ODS  F at the one threshold best for the whole set (counts summed over images);
+      OIS  counts summed at each image's own best threshold (BSDS's definition).
+    """
+
+    def __init__(self, tolerance: float | str = 2.0):
+        self.tolerance = tolerance
+        self.levels = np.ceil(THRESHOLDS * 255 - 1e-6).astype(np.int64)  # prob/255 >= t  <=>  prob >= level
+        self.counts: list[np.ndarray] = []  # per image (4, T): matched predicted, predicted, recalled, truth
+
+    def update(self, prob: np.ndarray, truth: np.ndarray, valid: np.ndarray | None = None) -> None:
+        """prob (H, W) uint8, truth (H, W) bool, valid (H, W) bool (False: ignored pixels)."""
+        if valid is not None:
+            prob, truth = np.where(valid, prob, 0).astype(np.uint8), truth & valid
+        k = disk(tolerance_px(self.tolerance, truth.shape))
+        near_truth = cv2.dilate(truth.astype(np.uint8), k, borderType=cv2.BORDER_CONSTANT, borderValue=0) > 0
+        best_near = cv2.dilate(prob, k, borderType=cv2.BORDER_CONSTANT, borderValue=0)  # max prob within reach
+        self.counts.append(np.stack([
+            _at_or_above(prob[near_truth], self.levels),
+            _at_or_above(prob, self.levels),
+            _at_or_above(best_near[truth], self.levels),
+            np.full(len(self.levels), truth.sum()),
+        ]).astype(np.float64))
+
+    def compute(self) -> dict | None:
+        """-> {"ods_f1", "ods_threshold", "ois_f1", "pr": {threshold, precision, recall}}; None without truth."""
+        if not self.counts or not any(c[3, 0] for c in self.counts):
+            return None
+        c = np.stack(self.counts)  # (N, 4, T)
+        p, r, f = _prf(c.sum(0))
+        best = int(np.argmax(f))
+        per_image = _prf(c)[2]  # (N, T); ties go to the highest threshold (fewest false positives)
+        own = c.shape[2] - 1 - np.argmax(per_image[:, ::-1], axis=1)
+        ois = _prf(c[np.arange(len(c)), :, own].sum(0)[:, None])[2][0]
+        return {"ods_f1": float(f[best]), "ods_threshold": float(THRESHOLDS[best]), "ois_f1": float(ois),
+                "pr": {"threshold": THRESHOLDS.round(2).tolist(), "precision": p.round(4).tolist(),
+                       "recall": r.round(4).tolist()}}
+
+
+def _prf(c: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Counts (..., 4, T) -> precision, recall, F (..., T); no prediction: precision 0 (as BSDS)."""
+    p = c[..., 0, :] / np.maximum(c[..., 1, :], 1)
+    r = c[..., 2, :] / np.maximum(c[..., 3, :], 1)
+    return p, r, np.where(p + r > 0, 2 * p * r / np.maximum(p + r, 1e-12), 0.0)

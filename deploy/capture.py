@@ -48,10 +48,12 @@ def load_capture(npz_path: str | Path) -> tuple[np.ndarray, Letterbox]:
                            "`python -m deploy run --capture DIR`") from None
     if tensor.ndim == 4:
         tensor = tensor[0]
-    if tensor.dtype != np.uint8 or tensor.ndim != 3 or len(raw) != len(LETTERBOX_FIELDS):
+    if tensor.dtype != np.uint8 or tensor.ndim != 3 or len(raw) not in (len(LETTERBOX_FIELDS), 8):
         raise CaptureError(f"{npz_path}: tensor {tensor.dtype} {tensor.shape}, expected (3, H, W) uint8 and "
                            f"{len(LETTERBOX_FIELDS)} letterbox fields")
-    vals = {k: (float(v) if k.startswith("scale") else int(v)) for k, v in zip(LETTERBOX_FIELDS, raw, strict=True)}
+    fields = LETTERBOX_FIELDS[: len(raw)]  # captures written before in_h / in_w were recorded have 8
+    vals = {k: (float(v) if k.startswith("scale") else int(v)) for k, v in zip(fields, raw, strict=True)}
+    vals["in_h"], vals["in_w"] = tensor.shape[1:]  # the input size is the tensor's
     return tensor, Letterbox(**vals)
 
 

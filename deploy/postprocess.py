@@ -65,11 +65,37 @@ def decode_detections(
     return Detections(boxes_to_image(cand[keep], lb), scores[keep], cls[keep].astype(np.int64))
 
 
+def logits_to_input(logits: np.ndarray, lb: Letterbox) -> np.ndarray:
+    """Segmenter logits (1, K, h, w) or (K, h, w) at the input size or a stride of it -> (K, in_h, in_w) float32.
+
+    Our segmenter emits logits at stride 2: the bilinear upsampling (half-pixel centres, as torch's
+    align_corners=False) is done here, on K channels, rather than in the graph, where ONNX Runtime pads
+    them to 16 for its blocked layout.
+    """
+    z = logits.reshape(-1, *logits.shape[-2:]).astype(np.float32, copy=False)
+    if lb.in_h and z.shape[1:] != (lb.in_h, lb.in_w):
+        up = cv2.resize(np.moveaxis(z, 0, -1), (lb.in_w, lb.in_h), interpolation=cv2.INTER_LINEAR)
+        z = np.moveaxis(up.reshape(lb.in_h, lb.in_w, -1), -1, 0)
+    return z
+
+
 def decode_mask(logits: np.ndarray, lb: Letterbox) -> np.ndarray:
     """Segmenter logits (1, K, h, w) or (K, h, w) -> (src_h, src_w) uint8 class-index mask."""
-    logits = logits.reshape(-1, *logits.shape[-2:])
-    mask = logits.argmax(axis=0).astype(np.uint8)  # (h, w)
+    mask = logits_to_input(logits, lb).argmax(axis=0).astype(np.uint8)  # (in_h, in_w)
     return mask_to_image(mask, lb)
+
+
+def decode_probs(logits: np.ndarray, lb: Letterbox, classes: Sequence[int]) -> np.ndarray:
+    """Segmenter logits (1, K, h, w) or (K, h, w) -> (len(classes), src_h, src_w) uint8: the softmax probability
+    x 255 of each listed class in source pixels (bilinear), for threshold sweeps such as ODS / OIS."""
+    z = logits_to_input(logits, lb)
+    e = np.exp(z - z.max(axis=0, keepdims=True))
+    p = e[list(classes)] / e.sum(axis=0)  # (T, h, w)
+    crop = p[:, lb.pad_y : lb.pad_y + lb.new_h, lb.pad_x : lb.pad_x + lb.new_w]
+    if crop.shape[1:] != (lb.src_h, lb.src_w) and len(crop):
+        crop = cv2.resize(np.moveaxis(crop, 0, -1), (lb.src_w, lb.src_h), interpolation=cv2.INTER_LINEAR)
+        crop = np.moveaxis(crop.reshape(lb.src_h, lb.src_w, -1), -1, 0)
+    return np.ascontiguousarray(np.rint(crop * 255).astype(np.uint8))
 
 
 def decode_yolo(outputs: Sequence[np.ndarray], lb: Letterbox, conf_thres: float = 0.25, iou_thres: float = 0.7,

@@ -83,6 +83,8 @@ class Letterbox:
     src_w: int
     new_h: int  # size of the resized frame inside the input, before padding
     new_w: int
+    in_h: int = 0  # the input tensor's size (0: unknown, e.g. a capture written before it was recorded)
+    in_w: int = 0
 
 
 def read_image(path: str | Path) -> np.ndarray:
@@ -101,11 +103,11 @@ def compute_letterbox(src_hw: tuple[int, int], spec: PreprocessSpec) -> Letterbo
     h, w = int(src_hw[0]), int(src_hw[1])
     H, W = spec.input_size
     if spec.resize == "stretch":
-        return Letterbox(W / w, H / h, 0, 0, h, w, H, W)
+        return Letterbox(W / w, H / h, 0, 0, h, w, H, W, H, W)
     scale = min(H / h, W / w)
     new_w, new_h = max(1, round(w * scale)), max(1, round(h * scale))
     # scale per axis from the rounded size, so boxes map exactly onto the resized pixels
-    return Letterbox(new_w / w, new_h / h, (W - new_w) // 2, (H - new_h) // 2, h, w, new_h, new_w)
+    return Letterbox(new_w / w, new_h / h, (W - new_w) // 2, (H - new_h) // 2, h, w, new_h, new_w, H, W)
 
 
 def fit_to_input(

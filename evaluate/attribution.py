@@ -77,7 +77,7 @@ def output_divergence(fp32: Runner, int8: Runner, ref_fn: PreprocessFn, images: 
 def per_image_agreement(ev: EvalSet, reference, candidate) -> list[float]:
     """Per image: F1 of box matches (IoU >= 0.5, same class, score >= 0.3) or pixel agreement of masks."""
     if ev.task == "segmenter":
-        return [float((a == b).mean()) for a, b in zip(reference, candidate, strict=True)]
+        return [float((a.mask == b.mask).mean()) for a, b in zip(reference, candidate, strict=True)]
     out = []
     for image_id in sorted(reference):
         out.append(_box_f1(reference[image_id], candidate.get(image_id)))
@@ -135,8 +135,8 @@ def _draw(ev: EvalSet, img: np.ndarray, pred) -> np.ndarray:
             cv2.rectangle(img, (b[0], b[1]), (b[2], b[3]), (0, 255, 0), 1)
         return img
     colours = np.array([[0, 0, 0], [0, 0, 255], [0, 255, 255], [255, 0, 255]] * 16, np.uint8)
-    overlay = colours[pred % len(colours)]
-    return np.where(pred[..., None] > 0, (0.4 * img + 0.6 * overlay).astype(np.uint8), img)
+    overlay = colours[pred.mask % len(colours)]
+    return np.where(pred.mask[..., None] > 0, (0.4 * img + 0.6 * overlay).astype(np.uint8), img)
 
 
 def top_sqnr_layers(fp32_path: Path, int8_path: Path, images: list[Path], spec, k: int = 5) -> list[dict]:

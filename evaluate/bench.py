@@ -174,9 +174,15 @@ def make_plots(report: dict, out: Path) -> list[str]:
         if task in report:
             variants = {k: v for k, v in report[task].items() if isinstance(v, dict) and "latency_ms" in v}
             files.append(plot_pareto(task, variants, metric, "1t", out).name)
-    if "detector" in report:
-        curves = {k: np.array(v["pr50"]) for k, v in report["detector"].items() if isinstance(v, dict) and "pr50" in v}
-        files.append(plot_pr(curves, out).name)
+    if "detector" in report:  # precision at COCO's 101 recall points, IoU 0.5, mean over classes
+        curves = {k: (np.linspace(0, 1, 101), np.array(v["pr50"])) for k, v in report["detector"].items()
+                  if isinstance(v, dict) and "pr50" in v}
+        files.append(plot_pr("detector", curves, "detector: precision-recall at IoU 0.5", out).name)
+    if "segmenter" in report:  # thin-class pixels over the ODS threshold sweep
+        curves = {f"{k} {c}": (np.array(r["pr"]["recall"]), np.array(r["pr"]["precision"]))
+                  for k, v in report["segmenter"].items() if isinstance(v, dict) for c, r in v.get("ods", {}).items()}
+        if curves:
+            files.append(plot_pr("segmenter", curves, "segmenter: thin-class pixels, threshold sweep", out).name)
     return files
 
 

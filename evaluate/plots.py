@@ -43,21 +43,20 @@ def plot_pareto(task: str, variants: dict, metric: str, threads: str, out: Path)
     return path
 
 
-def plot_pr(curves: dict[str, np.ndarray], out: Path) -> Path:
-    """curves: variant -> precision at the 101 COCO recall points (IoU 0.5, all areas, mean over classes)."""
-    recall = np.linspace(0, 1, 101)
+def plot_pr(task: str, curves: dict[str, tuple[np.ndarray, np.ndarray]], title: str, out: Path) -> Path:
+    """curves: name -> (recall, precision) -> <task>_pr.png."""
     fig, ax = plt.subplots(figsize=(5, 3.5))
-    for name, prec in curves.items():
+    for name, (recall, prec) in curves.items():
         ax.plot(recall, prec, label=name)
     ax.set_xlabel("recall")
     ax.set_ylabel("precision")
-    ax.set_title("detector: precision-recall at IoU 0.5")
+    ax.set_title(title)
     ax.set_xlim(0, 1)
     ax.set_ylim(0, 1.02)
     ax.grid(alpha=0.3)
     ax.legend(fontsize=8)
     fig.tight_layout()
-    path = out / "detector_pr.png"
+    path = out / f"{task}_pr.png"
     fig.savefig(path, dpi=120)
     plt.close(fig)
     return path

@@ -25,7 +25,7 @@ import numpy as np
 from datasets.augment import Augment
 from datasets.config import DatasetError, load_dataset_config
 from datasets.metrics import METRICS as ALL_METRICS
-from datasets.metrics import SKELETON_METRICS, EvalSet
+from datasets.metrics import THIN_EXTRA_METRICS, EvalSet
 from deploy.contract import ContractError
 from deploy.preprocess import ImageReadError, PreprocessSpec, preprocess
 from deploy.runtime import ModelLoadError, OrtModel
@@ -34,7 +34,8 @@ from train.checkpoint import CheckpointError, load_checkpoint
 from train.run_dir import RunDir
 
 SEVERITIES = (1, 2, 3, 4, 5)
-METRICS = {t: tuple(m for m in ms if m not in SKELETON_METRICS) for t, ms in ALL_METRICS.items()}  # thin_metrics=False
+# thin_metrics=False: no threshold sweep, no skeletons
+METRICS = {t: tuple(m for m in ms if m not in THIN_EXTRA_METRICS) for t, ms in ALL_METRICS.items()}
 VARIANTS = ("fp32", "int8", "int8-trt")  # the --model names that pick an exported file (train.run_dir)
 
 

@@ -40,7 +40,7 @@ class ScheduleConfig:
     warmup_iters: int = 50
     grad_clip: float = 10.0
     workers: int = 0
-    augment: str = "flip"  # datasets.augment presets joined by '+': none | flip | camera | lighting | weather
+    augment: str = "flip"  # datasets.augment presets joined by '+': none | flip | vflip | camera | lighting | weather
     #                        | season | shift (= camera+lighting+weather+season) | mosaic | scale
     augment_target: str | None = None  # folder of target-domain images: the season preset matches towards them
     shift_p: float = SHIFT_P  # fraction of the samples that get the domain-shift presets (the rest stay clean)

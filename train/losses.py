@@ -141,8 +141,11 @@ class SegmentationLoss(nn.Module):
         self.cldice_weight = cldice_weight
 
     def forward(self, logits: torch.Tensor, target: torch.Tensor) -> dict:
-        """logits (B, K, H, W), target (B, H, W) long with IGNORE_INDEX for unscored pixels."""
+        """logits (B, K, H, W) or at a stride of it (upsampled as deploy.postprocess does), target (B, H, W) long
+        with IGNORE_INDEX for unscored pixels."""
         logits = logits.float()
+        if logits.shape[-2:] != target.shape[-2:]:
+            logits = F.interpolate(logits, size=target.shape[-2:], mode="bilinear")
         valid = (target != IGNORE_INDEX).unsqueeze(1)  # (B, 1, H, W)
         # weighted mean over scored pixels; a batch with none scored gives 0, not NaN
         ce = F.cross_entropy(logits, target, weight=self.class_weights, ignore_index=IGNORE_INDEX, reduction="sum")

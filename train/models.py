@@ -218,7 +218,11 @@ def level_points(h: int, w: int, stride: int, device: torch.device) -> torch.Ten
 
 
 class Segmenter(nn.Module):
-    """LR-ASPP-style context head at stride 16 + detail branches at strides 4 and 2; logits at input size."""
+    """LR-ASPP-style context head at stride 16 + detail branches at strides 4 and 2; logits at stride 2.
+
+    The last 2x bilinear upsampling is deploy.postprocess.logits_to_input's (and the loss's): in the graph,
+    ONNX Runtime ran it on K channels padded to 16 at full resolution, the fp32 model's slowest node.
+    """
 
     def __init__(self, num_classes: int, backbone: str = "mobilenet_v3_small", width_mult: float = 1.0,
                  channels: int = 64, head_convs: int = 1, channel_order: str = "RGB",
@@ -237,14 +241,13 @@ class Segmenter(nn.Module):
         self.classifier = nn.Conv2d(channels // 2, num_classes, 1)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        """x (B, 3, H, W) uint8 -> logits (B, K, H, W)."""
-        size = x.shape[-2:]
+        """x (B, 3, H, W) uint8 -> logits (B, K, H/2, W/2)."""
         f2, f4, f8, f16 = self.backbone(self.normalize(x))
         y = self.context(f16) * self.gate(f16)  # (B, C, H/16, W/16)
         y = self.fuse8(torch.cat([F.interpolate(y, size=f8.shape[-2:], mode="bilinear"), f8], 1))
         y = self.fuse4(torch.cat([F.interpolate(y, size=f4.shape[-2:], mode="bilinear"), f4], 1))
         y = self.fuse2(torch.cat([F.interpolate(y, size=f2.shape[-2:], mode="bilinear"), f2], 1))
-        return F.interpolate(self.classifier(y), size=size, mode="bilinear")  # (B, K, H, W)
+        return self.classifier(y)  # (B, K, H/2, W/2)
 
 
 def build_model(task: str, model_args: dict) -> nn.Module:

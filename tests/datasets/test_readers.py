@@ -36,6 +36,19 @@ def test_crackforest_binary_masks_map_to_classes_with_fixed_split():
     assert set(np.unique(m)) <= {0, 1} and m.max() == 1
 
 
+def test_a_match_tolerance_typo_is_refused_at_load_naming_the_file(tmp_path):
+    import yaml
+
+    cfg = tmp_path / "cracks.yaml"
+    seg = {"classes": ["background", "crack"], "thin_classes": ["crack"], "match_tolerance": "bsd"}
+    cfg.write_text(yaml.safe_dump({"name": "c", "root": str(tmp_path), "segmentation": seg}))
+    with pytest.raises(DatasetError, match=r"cracks.yaml: segmentation.match_tolerance 'bsd'.*'bsds'"):
+        load_dataset_config(cfg)
+    seg["match_tolerance"] = "bsds"
+    cfg.write_text(yaml.safe_dump({"name": "c", "root": str(tmp_path), "segmentation": seg}))
+    assert load_dataset_config(cfg).segmentation.match_tolerance == "bsds"
+
+
 def test_malformed_coco_json_is_one_line_naming_the_file(tmp_path):
     bad = tmp_path / "instances_bad.json"
     bad.write_text('{"images": [], "annotations": [,]}')

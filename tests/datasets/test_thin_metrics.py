@@ -79,3 +79,56 @@ def test_thin_diagnose_writes_its_numbers_and_a_verdict(tiny_run):
     d = json.loads((tiny_run / "thin_diagnose.json").read_text())
     assert d["stride"] == 2 and 0 <= d["stride_ceiling"] <= 1 and d["verdict"]
     assert set(d["recall_by_width"]) == {"recall_1px", "recall_2px", "recall_3_4px", "recall_5_8px", "recall_gt8px"}
+
+
+def ods(probs, truths, tol=2.0, valid=None):
+    from datasets.thin_metrics import ODSMeter
+
+    meter = ODSMeter(tol)
+    for p, t in zip(probs, truths, strict=True):
+        meter.update((np.asarray(p) * 255).round().astype(np.uint8), t.astype(bool), valid)
+    return meter.compute()
+
+
+def test_ods_is_one_for_a_perfect_map_and_tolerates_a_shift_within_the_distance_only():
+    truth = line(30)
+    assert ods([truth * 1.0], [truth])["ods_f1"] == pytest.approx(1.0)
+    shifted = line(32) * 1.0  # the whole 1-px line 2 px off
+    assert ods([shifted], [truth], tol=2)["ods_f1"] == pytest.approx(1.0)
+    assert ods([shifted], [truth], tol=1)["ods_f1"] == 0.0
+    assert ods([np.zeros((64, 64))], [np.zeros((64, 64))]) is None  # no truth anywhere: not scored
+
+
+def test_ods_picks_the_best_threshold_and_ois_each_images_own():
+    truth = line(20)
+    # one image: the crack at p 0.8 and a false line at p 0.5 -> F 2/3 up to 0.5, 1 above it
+    r = ods([line(20) * 0.8 + line(50) * 0.5], [truth])
+    assert r["ods_f1"] == pytest.approx(1.0) and 0.5 < r["ods_threshold"] <= 0.8
+    i = r["pr"]["threshold"].index(0.4)
+    assert r["pr"]["precision"][i] == pytest.approx(0.5) and r["pr"]["recall"][i] == pytest.approx(1.0)
+    # two images whose best thresholds differ: A's crack at p 0.2; B's at 0.9 with a false line at 0.6.
+    # one threshold for both: t <= 0.2 gives P 96/144, R 1 -> F 0.8 (the best); each its own: F 1 and 1
+    r = ods([line(20) * 0.2, line(20) * 0.9 + line(50) * 0.6], [truth, truth])
+    assert r["ods_f1"] == pytest.approx(0.8) and r["ois_f1"] == pytest.approx(1.0)
+
+
+def test_ods_ignores_ignored_pixels_and_bsds_tolerance_scales_with_the_diagonal():
+    from datasets.thin_metrics import tolerance_px
+
+    truth, false = line(20), line(50)
+    valid = np.ones((64, 64), bool)
+    valid[:, 45:] = False  # the false line lies in an ignored region
+    assert ods([truth * 0.9 + false * 0.9], [truth], valid=valid)["ods_f1"] == pytest.approx(1.0)
+    assert tolerance_px("bsds", (300, 400)) == pytest.approx(0.0075 * 500)
+    with pytest.raises(ValueError, match="bsds"):
+        tolerance_px("bdsd", (300, 400))
+
+
+def test_score_masks_reports_ods_from_the_predictions_probabilities():
+    from datasets.metrics import MaskPrediction, score_masks
+
+    truth = line(30)
+    prob = (line(31) * 200).astype(np.uint8)[None]  # 1 px off, p 0.78
+    s = score_masks([MaskPrediction(line(31), prob)], [truth], NAMES, THIN, tolerance=1)
+    assert s["thin_iou"] == 0.0 and s["ods_f1"] == pytest.approx(1.0) and s["ois_f1"] == pytest.approx(1.0)
+    assert "ods_f1" not in score_masks([line(31)], [truth], NAMES, THIN)  # plain masks: no probabilities

@@ -85,6 +85,10 @@ def test_runs_on_a_video_file_and_captures_input_tensors(tiny_run, tmp_path):
     assert [p.stem for p in npz] == ["00000000", "00000010", "00000020"]
     tensor, lb = load_capture(npz[0])
     assert tensor.dtype == np.uint8 and tensor.shape[0] == 3 and (lb.src_h, lb.src_w) == (240, 320)
+    assert (lb.in_h, lb.in_w) == tensor.shape[1:]
+    with np.load(npz[0]) as z:  # a capture written before the letterbox recorded the input size
+        np.savez(tmp_path / "old.npz", tensor=z["tensor"], letterbox=z["letterbox"][:8])
+    assert load_capture(tmp_path / "old.npz")[1] == lb
 
 
 def test_a_truncated_video_ends_cleanly_where_its_data_ends(tiny_run, tmp_path):

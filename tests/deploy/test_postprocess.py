@@ -1,6 +1,6 @@
 import numpy as np
 
-from deploy.postprocess import decode_detections, decode_mask, decode_yolo
+from deploy.postprocess import decode_detections, decode_mask, decode_probs, decode_yolo
 from deploy.preprocess import PreprocessSpec, compute_letterbox
 
 
@@ -36,6 +36,17 @@ def test_decode_mask_argmax_and_crop():
     logits[0, 2, 2:6, :4] = 5.0
     m = decode_mask(logits, lb)
     assert m.shape == (4, 8) and (m[:, :4] == 2).all() and (m[:, 4:] == 0).all()
+
+
+def test_decode_probs_is_the_softmax_of_the_asked_classes_in_source_pixels():
+    lb = compute_letterbox((4, 8), PreprocessSpec(input_size=(8, 8)))  # pad 2 rows top and bottom
+    logits = np.zeros((1, 3, 8, 8), np.float32)
+    logits[0, 2, 2:6, :4] = np.log(8.0)  # p = 8 / (1 + 1 + 8) = 0.8 there, 1/3 elsewhere
+    p = decode_probs(logits, lb, [2, 1])
+    assert p.shape == (2, 4, 8) and p.dtype == np.uint8
+    assert (p[0, :, :4] == 204).all() and (p[0, :, 4:] == 85).all() and (p[1, :, :4] == 26).all()
+    big = compute_letterbox((8, 16), PreprocessSpec(input_size=(8, 8)))  # source twice the letterboxed size
+    assert decode_probs(logits, big, [2]).shape == (1, 8, 16)
 
 
 def test_per_class_thresholds():

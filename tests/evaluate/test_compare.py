@@ -20,6 +20,7 @@ def test_ssdlite_and_lraspp_train_through_fit(tiny_config, tmp_path):
             row = next(csv.DictReader(f))
         assert loss in row and float(row["loss"]) > 0  # the model's own loss terms, logged by fit
         assert ("map" if folder.endswith("detector") else "thin_iou") in row  # validated by fit every epoch
+    assert {"ods_f1", "ois_f1"} <= set(row)  # the segmenter's threshold-sweep F1s are in its training log
 
 
 def test_yolo_layout_holds_the_coco_boxes_normalised_and_empty_files_for_background(tiny_config, tmp_path):

@@ -68,6 +68,13 @@ def test_a_trained_model_without_limits_must_be_skipped_explicitly(tmp_path, cap
     assert set(g["models"]) == {"detector"} and "segmenter" in g["skipped"]
 
 
+def test_the_segmenter_can_be_judged_on_its_ods_f1(tmp_path, tiny_run):
+    path = write(tmp_path, {"detector": LOOSE, "segmenter": {**LOOSE, "metric": "ods_f1"}})
+    assert gate_main(["--run", str(tiny_run), "--config", str(path), "--limit", "2"]) in (0, 1)
+    seg = json.loads((tiny_run / "gate" / "gate.json").read_text())["models"]["segmenter"]
+    assert seg["metric"] == "ods_f1" and all(0 <= v <= 1 for v in seg["cells"].values())
+
+
 def test_a_missing_baseline_is_a_loud_skip_and_fails_with_require_baseline(tmp_path, capsys, tiny_run):
     path = write(tmp_path, {"detector": LOOSE, "segmenter": LOOSE, "baseline": str(tmp_path / "none.json")})
     assert gate_main(["--run", str(tiny_run), "--config", str(path), "--limit", "2"]) == 0

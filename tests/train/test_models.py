@@ -1,3 +1,4 @@
+import numpy as np
 import pytest
 import torch
 
@@ -20,10 +21,19 @@ def test_detector_takes_uint8_and_returns_points_in_forward_order():
     assert strides[0] == 8 and strides[-1] == 32
 
 
-def test_segmenter_outputs_logits_at_input_resolution():
+def test_segmenter_logits_at_stride_2_decode_as_the_in_graph_upsampling_did():
+    import torch.nn.functional as F
+
+    from deploy.postprocess import logits_to_input
+    from deploy.preprocess import PreprocessSpec, compute_letterbox
+
     m = Segmenter(num_classes=4, channels=16).eval()
-    out = m(torch.zeros(1, 3, 96, 128, dtype=torch.uint8))
-    assert out.shape == (1, 4, 96, 128)
+    with torch.no_grad():
+        out = m(torch.randint(0, 256, (1, 3, 96, 128), dtype=torch.uint8))
+    assert out.shape == (1, 4, 48, 64)
+    lb = compute_letterbox((60, 128), PreprocessSpec(input_size=(96, 128)))
+    up = F.interpolate(out, size=(96, 128), mode="bilinear")  # what forward() did before it moved to deploy/
+    np.testing.assert_allclose(logits_to_input(out.numpy(), lb), up[0].numpy(), atol=1e-5)
 
 
 def test_assignment_gives_every_box_positives_even_tiny_ones():
