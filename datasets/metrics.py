@@ -185,9 +185,9 @@ def score_masks(preds: Sequence[MaskPrediction | np.ndarray], truths: Sequence[n
 
 def ods_summary(meters: dict[str, ODSMeter]) -> dict:
     """ODS / OIS means over the thin classes with truth (like thin IoU), and each class's figures and PR curve."""
-    per = {c: r for c, m in meters.items() if (r := m.compute()) is not None}
     if not meters:
         return {}
+    per = {c: r for c, m in meters.items() if (r := m.compute()) is not None}
     mean = {k: float(np.mean([r[k] for r in per.values()])) if per else None for k in ("ods_f1", "ois_f1")}
     return {**mean, "ods": per}
 
@@ -253,7 +253,7 @@ class EvalSet:
         return len(self.images)
 
     def predict(self, runner: Runner, preprocess_fn: PreprocessFn, post: dict):
-        """Detections per image id (detector) or masks in split order (segmenter)."""
+        """Detections per image id (detector) or MaskPredictions in split order (segmenter)."""
         if self.task == "detector":
             return predict_detections(runner, self.coco, preprocess_fn, post, self.limit)
         return predict_masks(runner, self.pairs, preprocess_fn, self.thin_idx)
