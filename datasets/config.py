@@ -53,9 +53,13 @@ class SegmentationConfig:
     match_tolerance: float | str = 2.0  # ODS / OIS match distance: px (crack benchmarks: 2), or "bsds"
 
     def __post_init__(self):
-        t = self.match_tolerance
-        if t != "bsds" and (isinstance(t, str) or t < 0):  # a typo fails at load, not after training
-            raise ValueError(f"segmentation.match_tolerance {t!r}: a distance in px >= 0, or 'bsds'")
+        check_match_tolerance(self.match_tolerance)  # a typo fails at load, not after training
+
+
+def check_match_tolerance(t: float | str) -> None:
+    """ODS / OIS match distance: a number of pixels >= 0, or "bsds" (datasets.thin_metrics.tolerance_px)."""
+    if t != "bsds" and (isinstance(t, str) or t < 0):
+        raise ValueError(f"segmentation.match_tolerance {t!r}: a distance in px >= 0, or 'bsds'")
 
 
 @dataclass

@@ -15,7 +15,6 @@ import json
 import os
 from collections.abc import Callable, Sequence
 from pathlib import Path
-from types import SimpleNamespace
 from typing import NamedTuple
 
 import numpy as np
@@ -23,10 +22,10 @@ from pycocotools.coco import COCO
 from pycocotools.cocoeval import COCOeval
 
 from datasets.coco import CocoDetection, read_split
-from datasets.config import DatasetConfig, load_dataset_config
+from datasets.config import DatasetConfig, SegmentationConfig, load_dataset_config
 from datasets.masks import IGNORE_INDEX, read_mask, value_lut
 from datasets.thin_metrics import ODSMeter, ThinMeter
-from deploy.postprocess import Detections, decode_detections, decode_mask, decode_probs
+from deploy.postprocess import Detections, decode_detections, decode_mask, decode_probs, logits_to_input
 from deploy.preprocess import Letterbox, read_image
 
 Runner = Callable[[np.ndarray], list[np.ndarray]]
@@ -159,7 +158,7 @@ def predict_masks(runner: Runner, pairs: Sequence[tuple[Path, Path]], preprocess
     out = []
     for img_path, _ in list(pairs)[:limit]:
         tensor, lb = preprocess_fn(read_image(img_path))
-        logits = runner(tensor[None])[0]
+        logits = logits_to_input(runner(tensor[None])[0], lb)  # once for both decodes
         out.append(MaskPrediction(decode_mask(logits, lb), decode_probs(logits, lb, thin)))
     return out
 
@@ -215,7 +214,6 @@ class EvalSet:
             self.truths = load_truth_masks(self.pairs, value_lut(self.seg))
             self.images = [img for img, _ in self.pairs]
             self.is_train = self.pairs == data.segmentation_pairs("train")[:limit]
-        self.thin_idx = [self.seg.classes.index(c) for c in self.seg.thin_classes] if task == "segmenter" else []
 
     @classmethod
     def from_checkpoint(cls, ckpt: dict, split: str, limit: int | None = None) -> EvalSet:
@@ -243,14 +241,18 @@ class EvalSet:
             ann.write_text(json.dumps({"images": entries, "categories": cats, "annotations": []}))
             ev.coco = CocoDetection(root, ann)
         else:
-            ev.seg = SimpleNamespace(classes=list(class_names), thin_classes=list(thin_classes), match_tolerance=2.0)
-            ev.thin_idx = [ev.seg.classes.index(c) for c in ev.seg.thin_classes]
+            ev.seg = SegmentationConfig(list(class_names), list(thin_classes))
             ev.pairs = [(p, None) for p in ev.images]
             ev.truths = None
         return ev
 
     def __len__(self) -> int:
         return len(self.images)
+
+    @property
+    def thin_idx(self) -> list[int]:
+        """Class indices of the segmenter's thin classes."""
+        return [self.seg.classes.index(c) for c in self.seg.thin_classes]
 
     def predict(self, runner: Runner, preprocess_fn: PreprocessFn, post: dict):
         """Detections per image id (detector) or MaskPredictions in split order (segmenter)."""

@@ -17,6 +17,7 @@ import cv2
 import numpy as np
 from skimage.morphology import skeletonize
 
+from datasets.config import check_match_tolerance
 from datasets.masks import IGNORE_INDEX
 
 WIDTH_BUCKETS = (("1px", 1, 1), ("2px", 2, 2), ("3_4px", 3, 4), ("5_8px", 5, 8), ("gt8px", 9, 10**6))
@@ -120,11 +121,8 @@ BSDS_MAX_DIST = 0.0075  # BSDS tolerance as a fraction of the image diagonal (th
 
 def tolerance_px(tolerance: float | str, shape: tuple[int, int]) -> float:
     """A match distance in pixels: a number as is, "bsds" as 0.0075 x the image diagonal."""
-    if tolerance == "bsds":
-        return BSDS_MAX_DIST * float(np.hypot(*shape))
-    if isinstance(tolerance, str) or tolerance < 0:
-        raise ValueError(f"match tolerance {tolerance!r}: a pixel distance >= 0, or 'bsds'")
-    return float(tolerance)
+    check_match_tolerance(tolerance)
+    return BSDS_MAX_DIST * float(np.hypot(*shape)) if tolerance == "bsds" else float(tolerance)
 
 
 def disk(radius: float) -> np.ndarray:

@@ -18,7 +18,8 @@ from deploy.atomic import atomic_path, write_atomic
 from deploy.errors import EdgeVisionError
 from deploy.preprocess import ImageReadError, Letterbox, read_image
 
-LETTERBOX_FIELDS = [f.name for f in dataclasses.fields(Letterbox)]
+# the input size (in_h, in_w) is not stored: it is the tensor's
+LETTERBOX_FIELDS = [f.name for f in dataclasses.fields(Letterbox) if f.name not in ("in_h", "in_w")]
 
 
 class CaptureError(EdgeVisionError, ValueError):
@@ -48,13 +49,11 @@ def load_capture(npz_path: str | Path) -> tuple[np.ndarray, Letterbox]:
                            "`python -m deploy run --capture DIR`") from None
     if tensor.ndim == 4:
         tensor = tensor[0]
-    if tensor.dtype != np.uint8 or tensor.ndim != 3 or len(raw) not in (len(LETTERBOX_FIELDS), 8):
+    if tensor.dtype != np.uint8 or tensor.ndim != 3 or len(raw) != len(LETTERBOX_FIELDS):
         raise CaptureError(f"{npz_path}: tensor {tensor.dtype} {tensor.shape}, expected (3, H, W) uint8 and "
                            f"{len(LETTERBOX_FIELDS)} letterbox fields")
-    fields = LETTERBOX_FIELDS[: len(raw)]  # captures written before in_h / in_w were recorded have 8
-    vals = {k: (float(v) if k.startswith("scale") else int(v)) for k, v in zip(fields, raw, strict=True)}
-    vals["in_h"], vals["in_w"] = tensor.shape[1:]  # the input size is the tensor's
-    return tensor, Letterbox(**vals)
+    vals = {k: (float(v) if k.startswith("scale") else int(v)) for k, v in zip(LETTERBOX_FIELDS, raw, strict=True)}
+    return tensor, Letterbox(**vals, in_h=tensor.shape[1], in_w=tensor.shape[2])
 
 
 def capture_frames(folder: str | Path) -> list[Path]:

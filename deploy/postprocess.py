@@ -88,14 +88,13 @@ def decode_mask(logits: np.ndarray, lb: Letterbox) -> np.ndarray:
 def decode_probs(logits: np.ndarray, lb: Letterbox, classes: Sequence[int]) -> np.ndarray:
     """Segmenter logits (1, K, h, w) or (K, h, w) -> (len(classes), src_h, src_w) uint8: the softmax probability
     x 255 of each listed class in source pixels (bilinear), for threshold sweeps such as ODS / OIS."""
+    if not classes:
+        return np.zeros((0, lb.src_h, lb.src_w), np.uint8)
     z = logits_to_input(logits, lb)
     e = np.exp(z - z.max(axis=0, keepdims=True))
-    p = e[list(classes)] / e.sum(axis=0)  # (T, h, w)
-    crop = p[:, lb.pad_y : lb.pad_y + lb.new_h, lb.pad_x : lb.pad_x + lb.new_w]
-    if crop.shape[1:] != (lb.src_h, lb.src_w) and len(crop):
-        crop = cv2.resize(np.moveaxis(crop, 0, -1), (lb.src_w, lb.src_h), interpolation=cv2.INTER_LINEAR)
-        crop = np.moveaxis(crop.reshape(lb.src_h, lb.src_w, -1), -1, 0)
-    return np.ascontiguousarray(np.rint(crop * 255).astype(np.uint8))
+    p = e[list(classes)] / e.sum(axis=0)  # (T, in_h, in_w)
+    src = mask_to_image(np.moveaxis(p, 0, -1), lb, cv2.INTER_LINEAR)  # (src_h, src_w, T)
+    return np.ascontiguousarray(np.moveaxis(np.rint(src * 255).astype(np.uint8), -1, 0))
 
 
 def decode_yolo(outputs: Sequence[np.ndarray], lb: Letterbox, conf_thres: float = 0.25, iou_thres: float = 0.7,

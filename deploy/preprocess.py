@@ -170,9 +170,10 @@ def boxes_to_image(boxes_xyxy: np.ndarray, lb: Letterbox) -> np.ndarray:
     return b
 
 
-def mask_to_image(mask_in: np.ndarray, lb: Letterbox) -> np.ndarray:
-    """(h, w) class mask in input geometry -> (src_h, src_w), cropping the padding (nearest neighbour)."""
+def mask_to_image(mask_in: np.ndarray, lb: Letterbox, interpolation: int = cv2.INTER_NEAREST) -> np.ndarray:
+    """(h, w) class mask (or (h, w, C) map) in input geometry -> (src_h, src_w[, C]), cropping the padding."""
     crop = mask_in[lb.pad_y : lb.pad_y + lb.new_h, lb.pad_x : lb.pad_x + lb.new_w]
-    if crop.shape != (lb.src_h, lb.src_w):
-        crop = cv2.resize(crop, (lb.src_w, lb.src_h), interpolation=cv2.INTER_NEAREST)
+    if crop.shape[:2] != (lb.src_h, lb.src_w):
+        crop = cv2.resize(crop, (lb.src_w, lb.src_h), interpolation=interpolation).reshape(
+            lb.src_h, lb.src_w, *crop.shape[2:])  # cv2 drops a single channel axis
     return np.ascontiguousarray(crop)

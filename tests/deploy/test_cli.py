@@ -86,7 +86,7 @@ def test_runs_on_a_video_file_and_captures_input_tensors(tiny_run, tmp_path):
     tensor, lb = load_capture(npz[0])
     assert tensor.dtype == np.uint8 and tensor.shape[0] == 3 and (lb.src_h, lb.src_w) == (240, 320)
     assert (lb.in_h, lb.in_w) == tensor.shape[1:]
-    with np.load(npz[0]) as z:  # a capture written before the letterbox recorded the input size
+    with np.load(npz[0]) as z:  # the stored letterbox has no input size: it comes back from the tensor
         np.savez(tmp_path / "old.npz", tensor=z["tensor"], letterbox=z["letterbox"][:8])
     assert load_capture(tmp_path / "old.npz")[1] == lb
 
