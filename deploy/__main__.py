@@ -36,6 +36,8 @@ from deploy.capture import save_capture
 from deploy.contract import ContractError
 from deploy.drift import DriftMonitor
 from deploy.errors import EdgeVisionError
+from deploy.health import add_arguments as health_args
+from deploy.health import health
 from deploy.options import check_paths, frame_size, number
 from deploy.runtime import ModelLoadError, OrtModel
 from deploy.sources import Frame, SourceError, StopFlag, open_source
@@ -70,9 +72,8 @@ def get_args_parser() -> argparse.ArgumentParser:
     r.add_argument("--drift-every", type=number(int, 1), default=4,
                    help="frames between drift measurements (each costs about 0.6 ms on one x86 core at 320 px)")
     r.add_argument("--no-drift", action="store_true", help="skip the input drift monitor")
-    h = sub.add_parser("health", help="exit 0 if the heartbeat file is fresh (container health checks)")
-    h.add_argument("--heartbeat", required=True)
-    h.add_argument("--max-age", type=number(float, 0, strict=True), default=30.0, help="seconds")
+    health_args(sub.add_parser("health", help="exit 0 if the heartbeat file is fresh (the same as python -m "
+                                              "deploy.health, which containers call: it imports no OpenCV)"))
     b = sub.add_parser("bench", help="per-stage latency from camera-sized frames to results")
     models(b)
     b.add_argument("--frames", type=number(int, 1), default=300)
@@ -317,23 +318,6 @@ def bench(args: argparse.Namespace) -> int:
         print(f"  {name}: pre {p50['pre']:.3f} ms, infer {p50['infer']:.3f} ms, post {p50['post']:.3f} ms (p50); "
               f"pre+post {100 * (p50['pre'] + p50['post']) / frame:.1f}% of {frame:.3f} ms -> {1e3 / frame:.0f} FPS")
     print(f"  all models: {total:.3f} ms per frame -> {1e3 / total:.0f} FPS")
-    return 0
-
-
-def health(args: argparse.Namespace) -> int:
-    """0 when `run --heartbeat` rewrote the file within --max-age seconds, else 1 with the reason."""
-    path = Path(args.heartbeat)
-    try:
-        beat = json.loads(path.read_text())
-        age = time.time() - float(beat["time"])
-    except (OSError, ValueError, KeyError, TypeError) as e:
-        print(f"unhealthy: {path}: no readable heartbeat ({type(e).__name__}); is `deploy run --heartbeat` running?")
-        return 1
-    if age > args.max_age:
-        print(f"unhealthy: {path}: last heartbeat {age:.0f} s ago (> {args.max_age:.0f} s), "
-              f"{beat.get('frames')} frames")
-        return 1
-    print(f"healthy: heartbeat {age:.1f} s ago, {beat.get('frames')} frames")
     return 0
 
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import contextlib
 import os
+import uuid
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -12,9 +13,11 @@ from pathlib import Path
 @contextlib.contextmanager
 def atomic_path(path: str | Path, hidden: bool = False) -> Iterator[Path]:
     """Yield a temporary sibling of `path` to write; it replaces `path` when the block ends without an error
-    and is removed when it does not. `hidden` dot-prefixes it, so folder scans (gate captures) skip it."""
+    and is removed when it does not. `hidden` dot-prefixes it, so folder scans (gate captures) skip it.
+    The name is unique per call: two processes writing one file (two containers on one engine-cache volume)
+    never write into each other's temporary file; the last complete write wins."""
     path = Path(path)
-    tmp = path.with_name(("." if hidden else "") + path.name + ".tmp")
+    tmp = path.with_name(f"{'.' if hidden else ''}{path.name}.{os.getpid()}.{uuid.uuid4().hex[:8]}.tmp")
     try:
         yield tmp
         os.replace(tmp, path)

@@ -31,7 +31,7 @@ class Contract:
     class_names: list[str]
     config_hash: str
     outputs: list[str]  # output tensor names, in order
-    precision: str = "fp32"  # "fp32" | "int8"
+    precision: str = "fp32"  # "fp32" | "fp16" (the TensorRT 11 files) | "int8"
     postprocess: dict = field(default_factory=dict)  # e.g. {"conf_thres": .., "iou_thres": ..}
     output_shapes: dict = field(default_factory=dict)  # name -> shape, "batch" where the axis is dynamic
     drift: dict = field(default_factory=dict)  # training-set input statistics (deploy.drift); {} if none

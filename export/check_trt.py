@@ -2,8 +2,10 @@
 
 Runs anywhere (onnx only, no TensorRT, no GPU), so CI catches a model TensorRT would refuse or run in
 the wrong precision. Rules:
-  - opset >= 13 (per-channel Q/DQ), standard-domain ops only, every op in TensorRT's ONNX parser list;
-  - Q/DQ are INT8 with zero point 0 (symmetric): TensorRT has no asymmetric or UINT8 quantization;
+  - opset 13 (per-channel Q/DQ) to 20 (the newest TensorRT 10.3's parser, JetPack 6, takes), standard-domain
+    ops only, every op in TensorRT's ONNX parser list;
+  - Q/DQ are INT8 with zero point 0 (symmetric): TensorRT has no asymmetric or UINT8 quantization, and a
+    QuantizeLinear without an explicit zero point produces UINT8 (the ONNX default);
   - activation scales are per-tensor; per-channel scales only on weight initialisers, along axis 0;
   - biases stay float (no INT32 DequantizeLinear);
   - every Q is followed by a DQ (TensorRT fuses Q/DQ pairs around the layers it runs in INT8).
@@ -32,6 +34,7 @@ Neg NonMaxSuppression Not Or Pad Pow PRelu QuantizeLinear Range Reciprocal Reduc
 ReduceMin ReduceProd ReduceSum Relu Reshape Resize ScatterElements ScatterND Shape Sigmoid Sign Sin Slice
 Softmax Softplus Softsign SpaceToDepth Split Sqrt Squeeze Sub Sum Tanh Tile TopK Transpose Unsqueeze Where Xor
 """.split())
+MIN_OPSET, MAX_OPSET = 13, 20  # per-channel Q/DQ; TensorRT 10.x's ONNX parser (onnx-tensorrt operators.md)
 
 
 @dataclass
@@ -47,8 +50,11 @@ class Finding:
 def check_model(model: onnx.ModelProto) -> list[Finding]:
     out: list[Finding] = []
     opset = next((o.version for o in model.opset_import if o.domain in ("", "ai.onnx")), 0)
-    if opset < 13:
-        out.append(Finding("opset", "model", f"opset {opset} < 13: per-channel Q/DQ needs 13"))
+    if opset < MIN_OPSET:
+        out.append(Finding("opset", "model", f"opset {opset} < {MIN_OPSET}: per-channel Q/DQ needs {MIN_OPSET}"))
+    elif opset > MAX_OPSET:
+        out.append(Finding("opset", "model", f"opset {opset} > {MAX_OPSET}: TensorRT 10.3's parser (JetPack 6) "
+                                             f"refuses it; export with opset {MAX_OPSET} or lower"))
     inits = {i.name: i for i in model.graph.initializer}
     consumers: dict[str, list[onnx.NodeProto]] = {}
     for n in model.graph.node:
@@ -63,7 +69,11 @@ def check_model(model: onnx.ModelProto) -> list[Finding]:
             out.append(Finding("op", name, f"{n.op_type} is not in TensorRT's ONNX operator list"))
         if n.op_type not in ("QuantizeLinear", "DequantizeLinear"):
             continue
-        zp = inits.get(n.input[2]) if len(n.input) > 2 and n.input[2] else None
+        has_zp = len(n.input) > 2 and bool(n.input[2])
+        if n.op_type == "QuantizeLinear" and not has_zp:
+            out.append(Finding("dtype", name, "no explicit zero point: the output type defaults to UINT8; "
+                                              "TensorRT takes INT8 (give an int8 zero point of 0)"))
+        zp = inits.get(n.input[2]) if has_zp else None
         scale = inits.get(n.input[1])
         data_init = inits.get(n.input[0]) if n.op_type == "DequantizeLinear" else None
         dtype = zp.data_type if zp is not None else (data_init.data_type if data_init is not None else None)

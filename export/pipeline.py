@@ -20,6 +20,7 @@ from deploy.contract import TASKS
 from deploy.preprocess import PreprocessSpec, preprocess, read_image
 from deploy.runtime import OrtModel
 from export.check_trt import check_model
+from export.fp16 import export_fp16
 from export.onnx_export import contract_from_checkpoint, export_onnx, parity
 from export.ort_mobile import convert_to_ort, required_ops
 from export.quantize import file_mb, quantize_int8, sample_paths
@@ -118,8 +119,9 @@ def export_one(task: str, ckpt_path: Path, out_dir: Path, calib_images: int | No
     calib = sample_paths(images, n)
     method = ex.calib_method
     common = {"model": task, "config_hash": contract.config_hash, "checkpoint": str(ckpt_path)}
-    entries = [{**common, "file": fp32.name, "precision": "fp32", "target": "onnxruntime-cpu,tensorrt-fp16",
-                "size_bytes": fp32.stat().st_size, "sha256": sha256(fp32), "parity_max_rel_err": err}]
+    entries = [{**common, "file": fp32.name, "precision": "fp32",
+                "target": "onnxruntime-cpu,tensorrt-fp32,tensorrt-10-fp16", "size_bytes": fp32.stat().st_size,
+                "sha256": sha256(fp32), "parity_max_rel_err": err}]
     report = [f"{task}: fp32 {file_mb(fp32):.2f} MB (parity {err:.1e})"]
     for target, manifest_target in (("cpu", "onnxruntime-cpu"), ("tensorrt", "tensorrt-qdq")):
         int8 = out_dir / Path(VARIANT_FILES[INT8_VARIANTS[target]].format(task=task)).name
@@ -135,6 +137,12 @@ def export_one(task: str, ckpt_path: Path, out_dir: Path, calib_images: int | No
         entries.append(entry)
         report.append(f"{int8.name} {file_mb(int8):.2f} MB ({entry['size_bytes'] / fp32.stat().st_size:.0%}, "
                       f"{acc['metric']} {acc['fp32']:.4f} -> {acc['int8']:.4f}{note})")
+    for src in (fp32, out_dir / Path(VARIANT_FILES[INT8_VARIANTS["tensorrt"]].format(task=task)).name):
+        half, half_err = export_fp16(src, inputs, fp32)
+        entries.append({**common, "file": half.name, "precision": "int8" if "int8" in src.name else "fp16",
+                        "target": "tensorrt-11", "size_bytes": half.stat().st_size, "sha256": sha256(half),
+                        "source": src.name, "parity_rel_l2": half_err})
+        report.append(f"{half.name} {file_mb(half):.2f} MB (TensorRT 11, relative L2 error {half_err:.1e})")
     print("; ".join(report) + f" [{len(calib)} calibration images, {method}]", flush=True)
     return entries
 

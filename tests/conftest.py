@@ -14,11 +14,14 @@ SHARED = REPO.parent / "shared" / "data"
 
 def pytest_collection_modifyitems(config, items):
     """`gpu` tests run where TensorRT and an NVIDIA GPU exist, and skip with the reason elsewhere."""
+    from deploy.trt_engine import TensorRTUnavailable, import_cudart, import_tensorrt
+
     reason = None
     try:
-        import tensorrt  # noqa: F401
-    except ImportError:
-        reason = "TensorRT is not installed"
+        import_tensorrt()
+        import_cudart()
+    except TensorRTUnavailable as e:  # TensorRT or cuda-python missing
+        reason = str(e)
     if reason is None and shutil.which("nvidia-smi") is None:
         reason = "no NVIDIA GPU on this machine"
     if reason:

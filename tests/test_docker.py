@@ -85,19 +85,24 @@ def test_runtime_image_entrypoint_imports_and_parses_its_command_from_the_copied
     entry = exec_form(next(rest for word, rest in steps if word == "ENTRYPOINT"))
     cmd = exec_form(next(rest for word, rest in steps if word == "CMD"))
     health = exec_form(next(rest for word, rest in steps if word == "HEALTHCHECK").partition("CMD ")[2])
-    assert entry[1:] == ["-m", "deploy"] and health[1:4] == ["-m", "deploy", "health"]
+    assert entry[1:] == ["-m", "deploy"] and health[1:3] == ["-m", "deploy.health"]
     app = _image_tree(name, tmp_path)
     assert (app / "deploy" / "__main__.py").is_file() and not (app / "train").exists()
     code = NO_TORCH + (
         "from deploy.__main__ import get_args_parser\n"
-        f"p = get_args_parser()\np.parse_args({cmd!r})\np.parse_args({health[3:]!r})\n"
+        "from deploy.health import get_args_parser as health_parser\n"
+        f"get_args_parser().parse_args({cmd!r})\nhealth_parser().parse_args({health[3:]!r})\n"
         "import deploy.runtime, deploy.drift, deploy.trt_runtime\n"
         "assert 'torch' not in sys.modules\n")
     env = {"PATH": "/usr/bin:/bin", "PYTHONPATH": ""}
     subprocess.run([sys.executable, "-c", code], cwd=app, env=env, check=True)
-    stale = subprocess.run([sys.executable, "-m", "deploy", "health", "--heartbeat", str(tmp_path / "none.json")],
-                           cwd=app, env=env, capture_output=True, text=True)
-    assert stale.returncode == 1 and "unhealthy" in stale.stdout
+    # the probe imports the standard library only (numpy, OpenCV and ONNX Runtime blocked like torch)
+    probe = NO_TORCH.replace("('torch', 'torchvision')", "('torch', 'torchvision', 'numpy', 'cv2', 'onnxruntime')") + (
+        "import runpy\n"
+        f"sys.argv = ['deploy.health', '--heartbeat', {str(tmp_path / 'none.json')!r}]\n"
+        "runpy.run_module('deploy.health', run_name='__main__')\n")
+    stale = subprocess.run([sys.executable, "-c", probe], cwd=app, env=env, capture_output=True, text=True)
+    assert stale.returncode == 1 and "unhealthy" in stale.stdout, stale.stderr
 
 
 def test_deploy_cpu_installs_the_pinned_runtime_requirements_and_jetson_its_own_without_torch():

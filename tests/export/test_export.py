@@ -120,13 +120,35 @@ def test_check_trt_accepts_our_int8_and_flags_what_tensorrt_refuses(tiny_onnx, t
     assert {"dtype", "symmetric", "domain"} <= rules
 
 
+def test_check_trt_flags_a_quantize_without_zero_point_and_an_opset_tensorrt_10_refuses():
+    from onnx import TensorProto, helper
+
+    from export.check_trt import MAX_OPSET, check_model
+
+    x = helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, 4])
+    y = helper.make_tensor_value_info("y", TensorProto.FLOAT, [1, 4])
+    inits = [helper.make_tensor("s", TensorProto.FLOAT, [], [0.1]), helper.make_tensor("z", TensorProto.INT8, [], [0])]
+
+    def graph(q_inputs, opset):
+        nodes = [helper.make_node("QuantizeLinear", q_inputs, ["q"], name="q"),
+                 helper.make_node("DequantizeLinear", ["q", "s", "z"], ["y"], name="d")]
+        return helper.make_model(helper.make_graph(nodes, "g", [x], [y], inits),
+                                 opset_imports=[helper.make_opsetid("", opset)])
+
+    assert check_model(graph(["x", "s", "z"], 18)) == []  # the symmetric INT8 pair TensorRT wants
+    no_zp = check_model(graph(["x", "s"], 18))  # ONNX's default output type is UINT8
+    assert [(f.rule, f.node) for f in no_zp] == [("dtype", "q")] and "UINT8" in no_zp[0].message
+    too_new = check_model(graph(["x", "s", "z"], MAX_OPSET + 1))
+    assert [f.rule for f in too_new] == ["opset"] and "TensorRT 10.3" in too_new[0].message
+
+
 def test_make_export_writes_manifest_with_mobile_models(tiny_run):
     exp = tiny_run / "export"
     manifest = json.loads((exp / "manifest.json").read_text())
     files = {e["file"]: e for e in manifest["files"]}
     for task in ("detector", "segmenter"):
-        for name in (f"{task}.onnx", f"{task}.int8.onnx", f"{task}.int8-trt.onnx", f"mobile/{task}.ort",
-                     f"mobile/{task}.int8.ort"):
+        for name in (f"{task}.onnx", f"{task}.int8.onnx", f"{task}.int8-trt.onnx", f"{task}.fp16.onnx",
+                     f"{task}.int8-trt.fp16.onnx", f"mobile/{task}.ort", f"mobile/{task}.int8.ort"):
             assert name in files and (exp / name).stat().st_size == files[name]["size_bytes"]
         assert files[f"{task}.int8-trt.onnx"]["tensorrt_lint"] == []
         assert f"mobile/{task}.int8-trt.ort" not in files  # TensorRT's file is not for phones
