@@ -183,7 +183,7 @@ def process(frame: Frame, det, seg, capture: Path | None = None, prepared: dict 
         rec["latency_ms"][name] = {"pre": round(pre_ms, 3), "infer": round((t2 - t1) * 1e3, 3),
                                    "post": round((t3 - t2) * 1e3, 3)}
         if capture is not None:
-            save_capture(capture / name, f"{frame.id:08d}", frame.image, tensor, lb)
+            save_capture(capture / name, f"{frame.id:08d}", frame.image, tensor, lb, outs, m.path.name)
         if name == "detector":
             names = m.contract.class_names
             rec["boxes"] = [{"label": names[int(c)], "score": round(float(s), 4),

@@ -1,9 +1,12 @@
 """Device captures: the raw frame and the exact input tensor the device fed its model, for the gate.
 
 A capture folder holds, per sampled frame, `<id>.png` (the decoded BGR frame, lossless) and `<id>.npz`
-with `tensor` ((3, H, W) uint8, what the runtime's preprocessing produced) and `letterbox` (the
-Letterbox fields in declaration order). `python -m evaluate.gate --capture DIR` compares those tensors
-with the reference preprocessing of the same frames, without labels. numpy + OpenCV only.
+with `tensor` ((3, H, W) uint8, what the runtime's preprocessing produced), `letterbox` (the Letterbox
+fields in declaration order) and, from `deploy run`, the raw outputs the device's runtime gave for that
+tensor (`out_0`, `out_1`, ... in contract order) and `model` (the file name of the model it ran).
+`python -m evaluate.gate --capture DIR` compares those tensors with the reference preprocessing of the same
+frames and those outputs with ONNX Runtime's on the same tensors and file, without labels. numpy + OpenCV
+only.
 """
 
 from __future__ import annotations
@@ -26,8 +29,10 @@ class CaptureError(EdgeVisionError, ValueError):
     """A capture folder or file that cannot be used; the message names the file and the fix."""
 
 
-def save_capture(folder: str | Path, frame_id: str, frame: np.ndarray, tensor: np.ndarray, lb: Letterbox) -> None:
-    """Write <id>.png and <id>.npz; each lands complete or not at all (temp file + rename)."""
+def save_capture(folder: str | Path, frame_id: str, frame: np.ndarray, tensor: np.ndarray, lb: Letterbox,
+                 outputs: list[np.ndarray] | None = None, model: str | None = None) -> None:
+    """Write <id>.png and <id>.npz (with the runtime's `outputs` of `model` when given); each lands complete or
+    not at all (temp file + rename)."""
     folder = Path(folder)
     folder.mkdir(parents=True, exist_ok=True)
     ok, png = cv2.imencode(".png", frame)
@@ -35,8 +40,11 @@ def save_capture(folder: str | Path, frame_id: str, frame: np.ndarray, tensor: n
         raise CaptureError(f"{folder / frame_id}.png: OpenCV could not encode the frame")
     write_atomic(folder / f"{frame_id}.png", png.tobytes(), hidden=True)
     with atomic_path(folder / f"{frame_id}.npz", hidden=True) as tmp, open(tmp, "wb") as f:
+        recorded = {f"out_{i}": np.asarray(o) for i, o in enumerate(outputs or [])}
+        if outputs is not None:
+            recorded["model"] = np.array(str(model))
         np.savez(f, tensor=np.ascontiguousarray(tensor), letterbox=np.array(
-            [getattr(lb, k) for k in LETTERBOX_FIELDS], dtype=np.float64))
+            [getattr(lb, k) for k in LETTERBOX_FIELDS], dtype=np.float64), **recorded)
 
 
 def load_capture(npz_path: str | Path) -> tuple[np.ndarray, Letterbox]:
@@ -54,6 +62,16 @@ def load_capture(npz_path: str | Path) -> tuple[np.ndarray, Letterbox]:
                            f"{len(LETTERBOX_FIELDS)} letterbox fields")
     vals = {k: (float(v) if k.startswith("scale") else int(v)) for k, v in zip(LETTERBOX_FIELDS, raw, strict=True)}
     return tensor, Letterbox(**vals, in_h=tensor.shape[1], in_w=tensor.shape[2])
+
+
+def load_outputs(npz_path: str | Path) -> tuple[str, np.ndarray, list[np.ndarray]] | None:
+    """-> (model file name, (3, H, W) tensor, outputs in contract order), or None for a capture without outputs."""
+    tensor, _ = load_capture(npz_path)
+    with np.load(npz_path) as z:
+        if "model" not in z.files:
+            return None
+        n = sum(k.startswith("out_") for k in z.files)
+        return str(z["model"]), tensor, [z[f"out_{i}"] for i in range(n)]
 
 
 def capture_frames(folder: str | Path) -> list[Path]:

@@ -1,8 +1,15 @@
-"""The gate's evidence: the 2x2 of (reference | deployed preprocessing) x (fp32 | int8), with or without labels.
+"""The gate's evidence: the 2x2 of (reference | deployed preprocessing) x (fp32 | int8), with or without labels,
+and a third factor, the runtime, measured after it.
 
   quantization  = ref/fp32 - ref/int8      same input tensors, different precision
   preprocessing = ref/fp32 - dep/fp32      same model, different input tensors
   interaction   = (ref/fp32 - dep/int8) - quantization - preprocessing
+  runtime       = runtime/reference - runtime/deployed    same model file, same (deployed) input tensors,
+                  ONNX Runtime on CPU vs the deployed runtime (another ORT setting or EP, the .ort file, a
+                  TensorRT engine, a hook, or the outputs a device recorded); 0 when none is given
+The decomposition is sequential: the 2x2 holds the runtime fixed at the reference, and the runtime term is
+measured on the deployed cell's inputs, so deployed accuracy = ref/fp32 - quantization - preprocessing -
+interaction - runtime exactly when the runtime's model file is the gate's INT8 file.
 Without labels (frames captured in the field) the fp32 model's predictions on reference inputs are the
 pseudo ground truth and every cell is scored by agreement with them, so the same attribution works on
 unlabeled captures. Tensor-level evidence says *where* a drop comes from: the input-tensor difference
@@ -29,15 +36,17 @@ def predict_cells(ev: EvalSet, models: dict[str, Runner], fns: dict[str, Preproc
 
 
 def score_cells(ev: EvalSet, preds: dict, metric: str, labels: bool) -> dict[str, float]:
+    """Every cell predicted (the 2x2, and the runtime pair when there is one)."""
     ref = None if labels else preds["reference/fp32"]
-    return {c: float(ev.score_predictions(preds[c], reference=ref)[metric]) for c in CELLS}
+    return {c: float(ev.score_predictions(p, reference=ref)[metric]) for c, p in preds.items()}
 
 
 def deltas(cells: dict[str, float]) -> dict[str, float]:
     q = cells["reference/fp32"] - cells["reference/int8"]
     p = cells["reference/fp32"] - cells["deployed/fp32"]
     both = cells["reference/fp32"] - cells["deployed/int8"]
-    return {"quantization": q, "preprocessing": p, "interaction": both - q - p}
+    runtime = cells.get("runtime/reference", 0.0) - cells.get("runtime/deployed", 0.0)
+    return {"quantization": q, "preprocessing": p, "interaction": both - q - p, "runtime": runtime}
 
 
 def psnr(a: np.ndarray, b: np.ndarray) -> float:

@@ -43,6 +43,7 @@ from evaluate.gate_config import (
     load_gate_config,
 )
 from evaluate.report import write_report
+from evaluate.runtime import recorded_runtime, resolve_runtime
 from train.checkpoint import CheckpointError, load_checkpoint
 from train.run_dir import RunDir
 
@@ -56,6 +57,8 @@ def get_args_parser() -> argparse.ArgumentParser:
     p.add_argument("--deployed-preprocess", default=None,
                    help="module:function(img_bgr, spec) -> (tensor, letterbox) used as the deployed path")
     p.add_argument("--capture", default=None, help="device captures: DIR/<model>/<id>.png + <id>.npz (no labels)")
+    p.add_argument("--runtime", default=None, help="the deployed runtime (evaluate.runtime): ort:threads=N, "
+                                                   "ort:ep=cuda, ort-mobile, trt:int8|fp16 or module:function")
     p.add_argument("--no-labels", action="store_true", help="score by agreement with fp32 on reference inputs")
     p.add_argument("--limit", type=int, default=None, help="score only the first N images")
     p.add_argument("--update-baseline", action="store_true", help="write this run's figures as the new baseline")
@@ -76,8 +79,9 @@ def load_function(ref: str):
 
 def gate_model(task: str, run: Path, limits: ModelLimits, split: str = "val", deployed_fn=None,
                max_images: int | None = None, labels: bool = True, capture: Path | None = None,
-               int8_path: Path | None = None, evidence_dir: Path | None = None) -> dict:
-    """Cells, deltas, evidence and checks for one model. `int8_path` overrides the exported INT8 file."""
+               int8_path: Path | None = None, evidence_dir: Path | None = None, runtime: str | None = None) -> dict:
+    """Cells, deltas, evidence and checks for one model. `int8_path` overrides the exported INT8 file; `runtime`
+    is a --runtime spec (evaluate.runtime); with captures that recorded outputs, those are the runtime."""
     rd = RunDir.of(run)
     ckpt = load_checkpoint(rd.checkpoint(task))
     fp32 = OrtModel(rd.model(task, "fp32"))
@@ -89,9 +93,11 @@ def gate_model(task: str, run: Path, limits: ModelLimits, split: str = "val", de
     dep_spec = fp32.contract.preprocess
     ref_fn = lambda img: preprocess(img, train_spec)  # noqa: E731
     dep_fn = (lambda img: deployed_fn(img, dep_spec)) if deployed_fn else (lambda img: preprocess(img, dep_spec))
+    rt = resolve_runtime(runtime, task, run, int8.path) if runtime else None
     if capture is not None:
         frames = capture_frames(capture / task)
         dep_fn, labels = captured_preprocess(frames), False
+        rt = rt or recorded_runtime(frames, run)
         data = load_dataset_config(ckpt["config"]["data"])
         thin = data.segmentation.thin_classes if task == "segmenter" and data.segmentation else ()
         ev = EvalSet.unlabeled(task, frames, (evidence_dir or rd.gate) / "work" / task,
@@ -102,6 +108,12 @@ def gate_model(task: str, run: Path, limits: ModelLimits, split: str = "val", de
     metric = limits.metric or PRIMARY[task]
     preds = att.predict_cells(ev, {"fp32": fp32.infer, "int8": int8.infer}, {"reference": ref_fn, "deployed": dep_fn},
                               post)
+    rt_ref = None
+    if rt is not None:  # the same file and inputs through both runtimes
+        same = rt.model == int8.path
+        rt_ref = int8.infer if same else OrtModel(rt.model).infer
+        preds["runtime/reference"] = preds["deployed/int8"] if same else ev.predict(rt_ref, dep_fn, post)
+        preds["runtime/deployed"] = ev.predict(rt.runner, dep_fn, post)
     cells = att.score_cells(ev, preds, metric, labels)
     out_dir = (evidence_dir or rd.gate) / "worst" / task
     evidence = {
@@ -110,6 +122,9 @@ def gate_model(task: str, run: Path, limits: ModelLimits, split: str = "val", de
         "worst_layers": att.top_sqnr_layers(fp32.path, int8.path, ev.images[:8], train_spec),
         "worst_images": att.save_worst(ev, preds, out_dir),
     }
+    if rt is not None:
+        evidence["runtime"] = {"runtime": rt.name, "model": rt.model.name, "output_sqnr_db": att.output_divergence(
+            rt_ref, rt.runner, dep_fn, ev.images, fp32.contract.outputs)}
     x, _ = ref_fn(read_image(ev.images[0]))
     one = {name: OrtModel(m.path, threads=1) for name, m in (("fp32", fp32), ("int8", int8))}
     lat = interleaved_latency({name: (lambda m=m: m.infer(x[None])) for name, m in one.items()}, warmup=5, repeats=50)
@@ -123,6 +138,11 @@ def gate_model(task: str, run: Path, limits: ModelLimits, split: str = "val", de
                     "preprocessing"),
               check(task, "input tensor PSNR dB (reference vs deployed)", evidence["input_tensor"]["min_psnr"],
                     limits.min_input_psnr, "min", "preprocessing")]
+    if rt is not None:
+        checks += [check(task, f"runtime drop ({rt.name})", d["runtime"], limits.max_runtime_drop, "max", "runtime"),
+                   check(task, f"runtime output SQNR dB ({rt.name} vs ONNX Runtime)",
+                         min(evidence["runtime"]["output_sqnr_db"].values()), limits.min_runtime_sqnr, "min",
+                         "runtime")]
     if labels:
         checks.append(check(task, f"{metric} (deployed int8)", cells["deployed/int8"], limits.min_accuracy, "min"))
     for target, budget in limits.latency_ms.items():
@@ -145,10 +165,13 @@ def check(task: str, name: str, value, limit, sense: str, stage: str | None = No
             "stage": stage}
 
 
+STAGES = ("quantization", "preprocessing", "runtime")
+
+
 def blame(result: dict) -> str:
-    """The stages whose checks failed: 'none', 'quantization', 'preprocessing' or both."""
+    """The stages whose checks failed: 'none', or some of 'quantization', 'preprocessing', 'runtime' joined by +."""
     failed = {c["stage"] for c in result["checks"] if c.get("stage") and not c["passed"]}
-    return " + ".join(s for s in ("quantization", "preprocessing") if s in failed) or "none"
+    return " + ".join(s for s in STAGES if s in failed) or "none"
 
 
 def baseline_checks(task: str, result: dict, base: dict, tol: BaselineTolerance) -> list[dict]:
@@ -268,7 +291,8 @@ def run_gate(args, cfg: GateConfig) -> dict:
         raise GateConfigError("--require-baseline: " + "; ".join(f"{t}: {r}" for t, r in missing.items()))
     models = {}
     for task in tasks:
-        r = gate_model(task, run, cfg.limits(task), args.split, deployed_fn, args.limit, labels, capture)
+        r = gate_model(task, run, cfg.limits(task), args.split, deployed_fn, args.limit, labels, capture,
+                       runtime=args.runtime)
         base, reason = bases[task]
         if not args.update_baseline:
             r["checks"] += (baseline_checks(task, r, base, cfg.baseline_tolerance) if base is not None
@@ -278,6 +302,7 @@ def run_gate(args, cfg: GateConfig) -> dict:
     checks = [c for m in models.values() for c in m["checks"]]
     gate = {"verdict": "pass" if all(c["passed"] for c in checks) else "fail", "config": args.config,
             "deployed_preprocess": args.capture or args.deployed_preprocess or "runtime",
+            "deployed_runtime": args.runtime or ("recorded in the captures" if args.capture else None),
             "labels": all(m["labels"] for m in models.values()), "models": models, "skipped": skipped,
             "checks": checks}
     if args.update_baseline:
@@ -314,18 +339,21 @@ def print_verdict(gate: dict) -> None:
     mode = "labels" if gate["labels"] else "no labels: agreement with fp32 on reference inputs"
     print(f"gate ({mode}; deployed preprocessing: {gate['deployed_preprocess']})")
     print(f"{'model':<10} {'metric':<9} {'ref/fp32':>9} {'ref/int8':>9} {'dep/fp32':>9} {'dep/int8':>9} "
-          f"{'quant':>7} {'preproc':>8} {'interact':>9}  blame")
+          f"{'quant':>7} {'preproc':>8} {'interact':>9} {'runtime':>8}  blame")
     for task, g in gate["models"].items():
         c, d = g["cells"], g["deltas"]
         print(f"{task:<10} {g['metric']:<9} {c['reference/fp32']:>9.4f} {c['reference/int8']:>9.4f} "
               f"{c['deployed/fp32']:>9.4f} {c['deployed/int8']:>9.4f} {d['quantization']:>7.4f} "
-              f"{d['preprocessing']:>8.4f} {d['interaction']:>9.4f}  {g['blame']}")
+              f"{d['preprocessing']:>8.4f} {d['interaction']:>9.4f} {d['runtime']:>8.4f}  {g['blame']}")
         ev = g["evidence"]
         print(f"  {task}: input tensors max |diff| {ev['input_tensor']['max_abs']}, min PSNR "
               f"{ev['input_tensor']['min_psnr']:.1f} dB; int8 output SQNR "
               + ", ".join(f"{k} {v:.1f} dB" for k, v in ev["output_sqnr_db"].items())
               + "; worst layer " + (f"{ev['worst_layers'][0]['tensor']} ({ev['worst_layers'][0]['qdq_sqnr']:.1f} dB)"
                                     if ev["worst_layers"] else "-"))
+        if "runtime" in ev:
+            print(f"  {task}: runtime {ev['runtime']['runtime']} on {ev['runtime']['model']}: output SQNR against "
+                  "ONNX Runtime " + ", ".join(f"{k} {v:.1f} dB" for k, v in ev["runtime"]["output_sqnr_db"].items()))
     for task, reason in gate["skipped"].items():
         print(f"  [skip] {task}: not judged ({reason})")
     for ch in gate["checks"]:

@@ -35,6 +35,8 @@ class ModelLimits:
     min_accuracy: float | None = None  # deployed int8, with labels
     latency_ms: dict[str, float] = field(default_factory=dict)  # int8, batch 1, p50, per target
     max_size_mb: float | None = None
+    max_runtime_drop: float | None = None  # runtime/reference - runtime/deployed (checked with --runtime/captures)
+    min_runtime_sqnr: float | None = None  # dB, deployed runtime's outputs vs the reference's, worst tensor
 
 
 @dataclass

@@ -8,9 +8,12 @@ them, then runs the gate on the clean pipeline and on injected faults:
   quantization:  INT8 calibrated on blank mid-grey frames; a detection head quantized with nothing excluded:
                  output convolutions and the box decode in INT8, the class logits on the box coordinates'
                  8-bit scale (what a fused box+score output tensor gets: the classic all-zero-confidence
-                 collapse; our separate logits/boxes outputs and float decode are what avoid it).
-The clean pipeline must pass and each fault must be blamed on exactly its stage, for each model it applies
-to, with the same verdicts on every run. Exit code 0 when all hold, 1 otherwise.
+                 collapse; our separate logits/boxes outputs and float decode are what avoid it);
+  runtime:       (through the --runtime hook, same INT8 file and input tensors) a saturating INT8 kernel,
+                 emulated by clipping every quantized activation to 7 bits (what u8s8 kernels without VNNI
+                 do); benign: the outputs perturbed by a fixed tiny noise.
+The clean pipeline and the benign cases must pass and each fault must be blamed on exactly its stage, for
+each model it applies to, with the same verdicts on every run. Exit code 0 when all hold, 1 otherwise.
 """
 
 from __future__ import annotations
@@ -20,10 +23,12 @@ import dataclasses
 import json
 import shutil
 import sys
+import tempfile
 from pathlib import Path
 
 import cv2
 import numpy as np
+import onnx
 
 from deploy.errors import EdgeVisionError
 from deploy.preprocess import Letterbox, PreprocessSpec, compute_letterbox, preprocess, read_image
@@ -38,7 +43,10 @@ SCENARIOS = {  # name -> (stage the gate must blame, models it applies to)
     "top_left_padding": ("preprocessing", ("detector", "segmenter")),
     "blank_calibration": ("quantization", ("detector", "segmenter")),
     "nothing_excluded": ("quantization", ("detector",)),  # a detection-head fault
+    "saturating_int8": ("runtime", ("detector", "segmenter")),
+    "tiny_output_noise": ("none", ("detector", "segmenter")),
 }
+RUNTIME_FAULTS = {name: f"evaluate.gate_selftest:{name}" for name in ("saturating_int8", "tiny_output_noise")}
 
 
 def swap_channels(img: np.ndarray, spec: PreprocessSpec):
@@ -75,6 +83,43 @@ def top_left_padding(img: np.ndarray, spec: PreprocessSpec):
 
 PREPROCESS_FAULTS = {"rgb_bgr_swap": swap_channels, "integer_scale": integer_scale,
                      "nearest_resize": nearest_resize, "top_left_padding": top_left_padding}
+
+
+def _ort_runner(model: onnx.ModelProto, name: str):
+    """An ONNX Runtime runner for a model rewritten in memory (the file on disk is not touched)."""
+    path = Path(tempfile.mkdtemp(prefix="gate-selftest-")) / name
+    onnx.save(model, path)
+    return OrtModel(path, threads=1).infer
+
+
+def saturating_int8(model_path: Path):
+    """The INT8 file on a runtime whose kernels saturate: every quantized activation clipped to 0..127."""
+    model = onnx.load(model_path)
+    g = model.graph
+    nodes = []
+    for n in g.node:
+        nodes.append(n)
+        if n.op_type == "QuantizeLinear":
+            out = n.output[0]
+            n.output[0] = out + "_unclipped"
+            g.initializer.extend([onnx.numpy_helper.from_array(np.array(0, np.uint8), out + "_lo"),
+                                  onnx.numpy_helper.from_array(np.array(127, np.uint8), out + "_hi")])
+            nodes.append(onnx.helper.make_node("Clip", [n.output[0], out + "_lo", out + "_hi"], [out],
+                                               name=out + "_clip"))
+    del g.node[:]
+    g.node.extend(nodes)
+    return _ort_runner(model, Path(model_path).name)
+
+
+def tiny_output_noise(model_path: Path):
+    """The reference runtime with its outputs perturbed by a fixed noise 60 dB below them (benign)."""
+    model = OrtModel(model_path, threads=1)
+    rng = np.random.default_rng(0)
+
+    def run(x):
+        return [o + (1e-3 * o.std() * rng.standard_normal(o.shape)).astype(o.dtype) for o in model.infer(x)]
+
+    return run
 
 
 def prepare(config: Path, out: Path, fresh: bool = False) -> Path:
@@ -140,17 +185,22 @@ def run_scenarios(run: Path, work: Path, gate_config: Path) -> dict:
         for task in tasks:
             fn = PREPROCESS_FAULTS.get(scenario)
             int8 = fault_int8(run, task, scenario, work) if expected == "quantization" else None
-            r = gate_model(task, run, limits.limits(task), deployed_fn=fn,
-                           int8_path=int8, evidence_dir=work / scenario)
+            r = gate_model(task, run, limits.limits(task), deployed_fn=fn, int8_path=int8,
+                           evidence_dir=work / scenario, runtime=RUNTIME_FAULTS.get(scenario))
             got = blame(r)
             verdicts[f"{scenario}/{task}"] = {
                 "expected": expected, "blamed": got, "ok": got == expected,
                 "quantization": round(r["deltas"]["quantization"], 4),
                 "preprocessing": round(r["deltas"]["preprocessing"], 4),
+                "runtime": round(r["deltas"]["runtime"], 4),
+                "runtime_sqnr": round(min(r["evidence"]["runtime"]["output_sqnr_db"].values()), 1)
+                if "runtime" in r["evidence"] else None,
                 "input_psnr": round(r["evidence"]["input_tensor"]["min_psnr"], 1)}
             v = verdicts[f"{scenario}/{task}"]
+            sqnr = "" if v["runtime_sqnr"] is None else f" (output SQNR {v['runtime_sqnr']:.1f} dB)"
             print(f"  {scenario:<18} {task:<9} quant {v['quantization']:+.4f}  preproc {v['preprocessing']:+.4f}  "
-                  f"input PSNR {v['input_psnr']:5.1f} dB  blamed {got:<14} expected {expected:<14} "
+                  f"runtime {v['runtime']:+.4f}{sqnr}  input PSNR {v['input_psnr']:5.1f} dB  blamed {got:<14} "
+                  f"expected {expected:<14} "
                   f"{'ok' if v['ok'] else 'WRONG'}", flush=True)
     return verdicts
 

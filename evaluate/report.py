@@ -54,12 +54,13 @@ def render_markdown(report: dict) -> str:
         lines += [f"## gate: {gate['verdict'].upper()}", "",
                   f"Scored with {mode}; deployed preprocessing: `{gate.get('deployed_preprocess')}`.", "",
                   "| model | metric | ref fp32 | ref int8 | deployed fp32 | deployed int8 | quantization | "
-                  "preprocessing | interaction | blame |", "|---|---|---|---|---|---|---|---|---|---|"]
+                  "preprocessing | interaction | runtime | blame |", "|---|---|---|---|---|---|---|---|---|---|---|"]
         for task, g in gate["models"].items():
             c, d = g["cells"], g["deltas"]
             lines.append(f"| {task} | {g['metric']} | {_fmt(c['reference/fp32'])} | {_fmt(c['reference/int8'])} | "
                          f"{_fmt(c['deployed/fp32'])} | {_fmt(c['deployed/int8'])} | {_fmt(d['quantization'])} | "
-                         f"{_fmt(d['preprocessing'])} | {_fmt(d['interaction'])} | {g.get('blame', '-')} |")
+                         f"{_fmt(d['preprocessing'])} | {_fmt(d['interaction'])} | {_fmt(d.get('runtime'))} | "
+                         f"{g.get('blame', '-')} |")
         lines.append("")
         for task, g in gate["models"].items():
             ev = g.get("evidence")

@@ -19,6 +19,7 @@ def swap_channels(img, spec):
 def _gate_config(tmp_path):
     # loose accuracy limits: a one-epoch model is not a release candidate; attribution is what is tested
     cfg = {k: {"max_quantization_drop": 1.0, "max_preprocessing_drop": 0.0, "min_input_psnr": 40,
+               "max_runtime_drop": 0.0, "min_runtime_sqnr": 40,
                "latency_ms": {"cpu-1thread": 5000, "jetson-orin": 10}, "max_size_mb": 50}
            for k in ("detector", "segmenter")}
     cfg["detector"]["metric"] = "map50"
@@ -96,6 +97,41 @@ def test_gate_without_labels_and_from_device_captures(tiny_run, tiny_data, tmp_p
     assert gate_main(["--run", str(tiny_run), "--config", str(cfg), "--capture", str(tmp_path / "bad")]) == 1
     bad = json.loads((tiny_run / "gate" / "gate.json").read_text())
     assert all(m["blame"] == "preprocessing" for m in bad["models"].values()) and bad["labels"] is False
+
+
+def test_gate_runtime_factor_from_a_hook_and_from_outputs_a_device_recorded(tiny_run, tiny_data, tmp_path):
+    from deploy.capture import save_capture
+    from deploy.preprocess import read_image
+    from deploy.runtime import OrtModel
+
+    cfg = _gate_config(tmp_path)
+    assert gate_main(["--run", str(tiny_run), "--config", str(cfg), "--runtime", "ort:threads=1"]) == 0
+    same = json.loads((tiny_run / "gate" / "gate.json").read_text())
+    for g in same["models"].values():  # the same kernels with another thread count: nothing to blame
+        assert g["deltas"]["runtime"] == 0.0 and min(g["evidence"]["runtime"]["output_sqnr_db"].values()) > 60
+    assert gate_main(["--run", str(tiny_run), "--config", str(cfg),
+                      "--runtime", "evaluate.gate_selftest:saturating_int8"]) == 1
+    bad = json.loads((tiny_run / "gate" / "gate.json").read_text())
+    assert all(g["blame"] == "runtime" for g in bad["models"].values())
+    assert bad["models"]["segmenter"]["cells"]["deployed/int8"] == same["models"]["segmenter"]["cells"]["deployed/int8"]
+    # captures that carry the device's outputs: the gate recomputes ONNX Runtime's on the same tensors and file
+    images = sorted((tiny_data.parent / "data" / "images" / "val").glob("*.jpg"))
+    for task in ("detector", "segmenter"):
+        model = OrtModel(tiny_run / "export" / f"{task}.int8.onnx")
+        for i, p in enumerate(images[:4]):
+            img = read_image(p)
+            x, lb = preprocess(img, model.contract.preprocess)
+            outs = model.infer(x)
+            save_capture(tmp_path / "cap" / task, f"{i:04d}", img, x, lb, outs, model.path.name)
+            save_capture(tmp_path / "bad" / task, f"{i:04d}", img, x, lb, [o[..., ::-1] for o in outs],
+                         model.path.name)  # a runtime that returns its channels reversed
+    assert gate_main(["--run", str(tiny_run), "--config", str(cfg), "--capture", str(tmp_path / "cap")]) == 0
+    good = json.loads((tiny_run / "gate" / "gate.json").read_text())
+    assert all(m["evidence"]["runtime"]["runtime"] == "recorded" and m["deltas"]["runtime"] == 0.0
+               for m in good["models"].values())
+    assert gate_main(["--run", str(tiny_run), "--config", str(cfg), "--capture", str(tmp_path / "bad")]) == 1
+    bad = json.loads((tiny_run / "gate" / "gate.json").read_text())
+    assert all("runtime" in m["blame"] for m in bad["models"].values())
 
 
 def test_gate_baseline_regression_and_update(tiny_run, tmp_path):
