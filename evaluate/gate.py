@@ -33,6 +33,7 @@ from deploy.errors import EdgeVisionError
 from deploy.preprocess import PreprocessSpec, preprocess, read_image
 from deploy.runtime import OrtModel
 from evaluate import attribution as att
+from evaluate import quant_split
 from evaluate.bench import interleaved_latency
 from evaluate.gate_config import (
     MEASURED_TARGETS,
@@ -108,6 +109,9 @@ def gate_model(task: str, run: Path, limits: ModelLimits, split: str = "val", de
     metric = limits.metric or PRIMARY[task]
     preds = att.predict_cells(ev, {"fp32": fp32.infer, "int8": int8.infer}, {"reference": ref_fn, "deployed": dep_fn},
                               post)
+    variants = quant_split.write_variants(fp32.path, int8.path)
+    for part, path in variants.items():  # the same calibration, one part of quantization at a time
+        preds[f"reference/int8-{part}"] = ev.predict(OrtModel(path).infer, ref_fn, post)
     rt_ref = None
     if rt is not None:  # the same file and inputs through both runtimes
         same = rt.model == int8.path
@@ -122,6 +126,11 @@ def gate_model(task: str, run: Path, limits: ModelLimits, split: str = "val", de
         "worst_layers": att.top_sqnr_layers(fp32.path, int8.path, ev.images[:8], train_spec),
         "worst_images": att.save_worst(ev, preds, out_dir),
     }
+    d = att.deltas(cells)
+    parts = quant_split.split(cells, d["quantization"])
+    worst_weights = quant_split.weight_sqnr(fp32.path, variants["weights"])
+    guilty, fix = quant_split.suggestion(parts, worst_weights, evidence["worst_layers"])
+    evidence["quantization_split"] = {**parts, "guilty": guilty, "suggestion": fix, "worst_weights": worst_weights}
     if rt is not None:
         evidence["runtime"] = {"runtime": rt.name, "model": rt.model.name, "output_sqnr_db": att.output_divergence(
             rt_ref, rt.runner, dep_fn, ev.images, fp32.contract.outputs)}
@@ -131,7 +140,6 @@ def gate_model(task: str, run: Path, limits: ModelLimits, split: str = "val", de
     measured = {"cpu-1thread": lat["int8"]["p50"]}
     speedup = {"cpu-1thread": lat["fp32"]["p50"] / lat["int8"]["p50"]}  # side by side: survives a busy machine
     size_mb = int8.path.stat().st_size / 2**20
-    d = att.deltas(cells)
     checks = [check(task, "quantization drop", d["quantization"], limits.max_quantization_drop, "max",
                     "quantization"),
               check(task, "preprocessing drop", d["preprocessing"], limits.max_preprocessing_drop, "max",
@@ -351,6 +359,9 @@ def print_verdict(gate: dict) -> None:
               + ", ".join(f"{k} {v:.1f} dB" for k, v in ev["output_sqnr_db"].items())
               + "; worst layer " + (f"{ev['worst_layers'][0]['tensor']} ({ev['worst_layers'][0]['qdq_sqnr']:.1f} dB)"
                                     if ev["worst_layers"] else "-"))
+        qs = ev["quantization_split"]
+        print(f"  {task}: quantization = weights {qs['weights']:.4f} + activations {qs['activations']:.4f} + "
+              f"interaction {qs['interaction']:.4f}; {qs['guilty']}: {qs['suggestion']}")
         if "runtime" in ev:
             print(f"  {task}: runtime {ev['runtime']['runtime']} on {ev['runtime']['model']}: output SQNR against "
                   "ONNX Runtime " + ", ".join(f"{k} {v:.1f} dB" for k, v in ev["runtime"]["output_sqnr_db"].items()))

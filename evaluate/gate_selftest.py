@@ -8,7 +8,9 @@ them, then runs the gate on the clean pipeline and on injected faults:
   quantization:  INT8 calibrated on blank mid-grey frames; a detection head quantized with nothing excluded:
                  output convolutions and the box decode in INT8, the class logits on the box coordinates'
                  8-bit scale (what a fused box+score output tensor gets: the classic all-zero-confidence
-                 collapse; our separate logits/boxes outputs and float decode are what avoid it);
+                 collapse; our separate logits/boxes outputs and float decode are what avoid it); the shipped
+                 INT8 file with its weights rounded to 4 bits. The gate's weights/activations split must name
+                 the activations for the first two and the weights for the third;
   runtime:       (through the --runtime hook, same INT8 file and input tensors) a saturating INT8 kernel,
                  emulated by clipping every quantized activation to 7 bits (what u8s8 kernels without VNNI
                  do); benign: the outputs perturbed by a fixed tiny noise.
@@ -43,9 +45,11 @@ SCENARIOS = {  # name -> (stage the gate must blame, models it applies to)
     "top_left_padding": ("preprocessing", ("detector", "segmenter")),
     "blank_calibration": ("quantization", ("detector", "segmenter")),
     "nothing_excluded": ("quantization", ("detector",)),  # a detection-head fault
+    "four_bit_weights": ("quantization", ("detector", "segmenter")),
     "saturating_int8": ("runtime", ("detector", "segmenter")),
     "tiny_output_noise": ("none", ("detector", "segmenter")),
 }
+QUANT_PART = {"blank_calibration": "activations", "nothing_excluded": "activations", "four_bit_weights": "weights"}
 RUNTIME_FAULTS = {name: f"evaluate.gate_selftest:{name}" for name in ("saturating_int8", "tiny_output_noise")}
 
 
@@ -149,6 +153,13 @@ def fault_int8(run: Path, task: str, scenario: str, work: Path) -> Path:
     fp32 = RunDir.of(run).model(task)
     out = work / f"{task}.{scenario}.int8.onnx"
     contract = contract_from_checkpoint(ckpt)
+    if scenario == "four_bit_weights":  # the shipped file with every conv weight rounded to 16 of its 256 levels
+        model = onnx.load(RunDir.of(run).model(task, "int8"))
+        for w in [i for i in model.graph.initializer if i.data_type == onnx.TensorProto.INT8 and len(i.dims) == 4]:
+            q = onnx.numpy_helper.to_array(w).astype(np.int16)
+            w.CopyFrom(onnx.numpy_helper.from_array(np.clip(np.round(q / 16) * 16, -128, 127).astype(np.int8), w.name))
+        onnx.save(model, out)
+        return out
     if scenario == "blank_calibration":  # every activation range comes from a flat frame
         # mid-grey, not white or black: a saturated frame still drives the activations to their extremes,
         # so on a weak segmenter white calibration cost only 2.2 thin-IoU points (grey: 19)
@@ -188,16 +199,24 @@ def run_scenarios(run: Path, work: Path, gate_config: Path) -> dict:
             r = gate_model(task, run, limits.limits(task), deployed_fn=fn, int8_path=int8,
                            evidence_dir=work / scenario, runtime=RUNTIME_FAULTS.get(scenario))
             got = blame(r)
+            part = r["evidence"]["quantization_split"]["guilty"]
             verdicts[f"{scenario}/{task}"] = {
-                "expected": expected, "blamed": got, "ok": got == expected,
+                "expected": expected, "blamed": got,
+                "ok": got == expected and QUANT_PART.get(scenario, part) == part,
                 "quantization": round(r["deltas"]["quantization"], 4),
                 "preprocessing": round(r["deltas"]["preprocessing"], 4),
                 "runtime": round(r["deltas"]["runtime"], 4),
+                "quantization_split": {k: (round(v, 4) if isinstance(v, float) else v)
+                                       for k, v in r["evidence"]["quantization_split"].items()
+                                       if k in ("weights", "activations", "interaction", "guilty")},
                 "runtime_sqnr": round(min(r["evidence"]["runtime"]["output_sqnr_db"].values()), 1)
                 if "runtime" in r["evidence"] else None,
                 "input_psnr": round(r["evidence"]["input_tensor"]["min_psnr"], 1)}
             v = verdicts[f"{scenario}/{task}"]
             sqnr = "" if v["runtime_sqnr"] is None else f" (output SQNR {v['runtime_sqnr']:.1f} dB)"
+            if expected == "quantization":
+                qs = v["quantization_split"]
+                sqnr += f" [weights {qs['weights']:+.4f} activations {qs['activations']:+.4f}: {qs['guilty']}]"
             print(f"  {scenario:<18} {task:<9} quant {v['quantization']:+.4f}  preproc {v['preprocessing']:+.4f}  "
                   f"runtime {v['runtime']:+.4f}{sqnr}  input PSNR {v['input_psnr']:5.1f} dB  blamed {got:<14} "
                   f"expected {expected:<14} "

@@ -73,6 +73,15 @@ def render_markdown(report: dict) -> str:
                          + "; lowest-SQNR activations: "
                          + ", ".join(f"`{r['tensor']}` {_fmt(r['qdq_sqnr'], 1)} dB" for r in ev["worst_layers"][:3])
                          + f"; worst images in `gate/worst/{task}/`")
+            qs = ev.get("quantization_split")
+            if qs:
+                lines.append(f"  - quantization = weights {_fmt(qs['weights'], 4)} + activations "
+                             f"{_fmt(qs['activations'], 4)} + interaction {_fmt(qs['interaction'], 4)}; "
+                             f"{qs['guilty']}: {qs['suggestion']}")
+            rt = ev.get("runtime")
+            if rt:
+                lines.append(f"  - runtime `{rt['runtime']}` on `{rt['model']}`: output SQNR against ONNX Runtime "
+                             + ", ".join(f"{k} {_fmt(v, 1)} dB" for k, v in rt["output_sqnr_db"].items()))
         lines += ["", "| check | value | limit | result |", "|---|---|---|---|"]
         for ch in gate["checks"]:
             state = "skipped" if ch.get("skipped") else ("pass" if ch["passed"] else "FAIL")
