@@ -46,8 +46,8 @@ bench: setup ## accuracy, latency, memory of every variant -> $(RUN)/bench/repor
 gate: setup ## 2x2 attribution (preprocessing x quantization) against $(GATE) -> $(RUN)/gate/; exit 1 on failure
 	$(PY) -m evaluate.gate --run $(RUN) --config $(GATE) $(GATE_ARGS)
 
-gate-selftest: setup ## inject preprocessing and quantization faults; the gate must blame each on its stage
-	$(PY) -m evaluate.gate_selftest --config configs/gate-selftest.yaml --out runs/gate-selftest --fresh
+gate-selftest: setup ## inject preprocessing, quantization and runtime faults; the gate must blame each on its stage, 3 runs alike
+	$(PY) -m evaluate.gate_selftest --config configs/gate-selftest.yaml --out runs/gate-selftest --fresh --runs 3
 
 demo: setup ## data + train + export + bench + gate on the synthetic dataset, small settings
 	$(MAKE) --no-print-directory data train export bench gate CONFIG=$(CONFIG) RUN=$(RUN)

@@ -109,15 +109,11 @@ def gate_model(task: str, run: Path, limits: ModelLimits, split: str = "val", de
     metric = limits.metric or PRIMARY[task]
     preds = att.predict_cells(ev, {"fp32": fp32.infer, "int8": int8.infer}, {"reference": ref_fn, "deployed": dep_fn},
                               post)
-    variants = quant_split.write_variants(fp32.path, int8.path)
+    work = (evidence_dir or rd.gate) / "work" / task
+    variants = quant_split.write_variants(fp32.path, int8.path, work)
     for part, path in variants.items():  # the same calibration, one part of quantization at a time
         preds[f"reference/int8-{part}"] = ev.predict(OrtModel(path).infer, ref_fn, post)
-    rt_ref = None
-    if rt is not None:  # the same file and inputs through both runtimes
-        same = rt.model == int8.path
-        rt_ref = int8.infer if same else OrtModel(rt.model).infer
-        preds["runtime/reference"] = preds["deployed/int8"] if same else ev.predict(rt_ref, dep_fn, post)
-        preds["runtime/deployed"] = ev.predict(rt.runner, dep_fn, post)
+    rt_ref = predict_runtime(ev, rt, int8, dep_fn, post, preds) if rt is not None else None
     cells = att.score_cells(ev, preds, metric, labels)
     out_dir = (evidence_dir or rd.gate) / "worst" / task
     evidence = {
@@ -127,10 +123,8 @@ def gate_model(task: str, run: Path, limits: ModelLimits, split: str = "val", de
         "worst_images": att.save_worst(ev, preds, out_dir),
     }
     d = att.deltas(cells)
-    parts = quant_split.split(cells, d["quantization"])
-    worst_weights = quant_split.weight_sqnr(fp32.path, variants["weights"])
-    guilty, fix = quant_split.suggestion(parts, worst_weights, evidence["worst_layers"])
-    evidence["quantization_split"] = {**parts, "guilty": guilty, "suggestion": fix, "worst_weights": worst_weights}
+    evidence["quantization_split"] = quant_split.evidence(cells, d["quantization"], fp32.path, variants["weights"],
+                                                          evidence["worst_layers"])
     if rt is not None:
         evidence["runtime"] = {"runtime": rt.name, "model": rt.model.name, "output_sqnr_db": att.output_divergence(
             rt_ref, rt.runner, dep_fn, ev.images, fp32.contract.outputs)}
@@ -163,6 +157,16 @@ def gate_model(task: str, run: Path, limits: ModelLimits, split: str = "val", de
     return {"metric": metric, "labels": labels, "cells": cells, "deltas": d, "evidence": evidence,
             "latency_ms": measured, "speedup": speedup, "size_mb": size_mb, "images": len(ev.images),
             "checks": [c for c in checks if c["limit"] is not None]}  # limits the config leaves out are not checks
+
+
+def predict_runtime(ev: EvalSet, rt, int8: OrtModel, dep_fn, post: dict, preds: dict):
+    """Add the runtime pair to `preds`: the runtime's model file on the deployed inputs, through ONNX Runtime
+    and through the deployed runtime. -> the reference runner."""
+    same = rt.model == int8.path
+    ref = int8.infer if same else OrtModel(rt.model).infer
+    preds["runtime/reference"] = preds["deployed/int8"] if same else ev.predict(ref, dep_fn, post)
+    preds["runtime/deployed"] = ev.predict(rt.runner, dep_fn, post)
+    return ref
 
 
 def check(task: str, name: str, value, limit, sense: str, stage: str | None = None) -> dict:

@@ -14,13 +14,14 @@ exactly:
 from __future__ import annotations
 
 import copy
-import tempfile
 from collections import defaultdict
 from pathlib import Path
 
 import numpy as np
 import onnx
 from onnx import helper, numpy_helper
+
+from export.onnx_export import save_atomic
 
 DQ_SUFFIX = "_DequantizeLinear_Output"  # onnxruntime.quantization names a dequantized activation <name> + this
 Q_INPUT_SUFFIX = "_QuantizeLinear_Input"  # ... and a quantized graph output's float producer <name> + this
@@ -95,16 +96,16 @@ def activations_only(fp32: onnx.ModelProto, int8: onnx.ModelProto) -> onnx.Model
     return out
 
 
-def write_variants(fp32_path: Path, int8_path: Path) -> dict[str, Path]:
-    """{"weights": path, "activations": path} in a temporary folder, with the fp32 file's contract."""
+def write_variants(fp32_path: Path, int8_path: Path, folder: Path) -> dict[str, Path]:
+    """{"weights": path, "activations": path} written into `folder`, with the fp32 file's contract."""
     fp32, int8 = onnx.load(fp32_path), onnx.load(int8_path)
-    folder = Path(tempfile.mkdtemp(prefix="quant-split-"))
+    folder.mkdir(parents=True, exist_ok=True)
     out = {}
     for part, build in (("weights", weights_only), ("activations", activations_only)):
         model = build(fp32, int8)
         onnx.checker.check_model(model)
-        out[part] = folder / f"{Path(fp32_path).stem}.{part}.onnx"
-        onnx.save(model, out[part])
+        out[part] = folder / f"{Path(fp32_path).stem}.{part}-only.onnx"
+        save_atomic(model, out[part])
     return out
 
 
@@ -139,3 +140,12 @@ def suggestion(parts: dict[str, float], worst_weights: list[dict], worst_activat
                                 f"{', '.join(r['consumers'])}); try export.calib_method entropy or percentile, "
                                 "calibration frames like the deployed ones, or keep those convolutions in float")
     return "activations", "no per-layer evidence; try another export.calib_method"
+
+
+def evidence(cells: dict[str, float], quantization: float, fp32_path: Path, weights_path: Path,
+             worst_activations: list[dict]) -> dict:
+    """The split, the guilty part, its worst layers and the fix to try (the gate's quantization_split)."""
+    parts = split(cells, quantization)
+    worst_weights = weight_sqnr(fp32_path, weights_path)
+    guilty, fix = suggestion(parts, worst_weights, worst_activations)
+    return {**parts, "guilty": guilty, "suggestion": fix, "worst_weights": worst_weights}
