@@ -12,6 +12,7 @@ from pathlib import Path
 import numpy as np
 
 from datasets.config import DatasetConfig, DatasetError
+from datasets.formats import read_voc, read_yolo
 
 
 @dataclass
@@ -44,9 +45,16 @@ class Holdout:
 
 
 def read_split(data: DatasetConfig, split: str) -> CocoDetection:
-    """The detection split `split` of a dataset config (a fixed-seed part of one file under random_split)."""
+    """The detection split `split` of a dataset config, in its format (a fixed-seed part under random_split)."""
     s = data.detection_split(split)
     holdout = Holdout(s.val_count, s.seed, split) if s.val_count is not None else None
+    if s.format == "yolo":
+        root, raw = read_yolo(data.path(s.annotations), split)
+        return CocoDetection(root, data.path(s.annotations), holdout, raw)
+    if s.format == "voc":
+        image_set = data.path(s.image_set) if s.image_set else None
+        raw = read_voc(data.path(s.images), data.path(s.annotations), image_set)
+        return CocoDetection(data.path(s.images), data.path(s.annotations), holdout, raw)
     return CocoDetection(data.path(s.images), data.path(s.annotations), holdout)
 
 
@@ -59,10 +67,12 @@ class CocoDetection:
     counts printed once: boxes reaching outside their image are clipped to it, empty ones dropped.
     """
 
-    def __init__(self, images_dir: str | Path, ann_file: str | Path, holdout: Holdout | None = None):
+    def __init__(self, images_dir: str | Path, ann_file: str | Path, holdout: Holdout | None = None,
+                 raw: dict | None = None):
+        """`raw`: the COCO dict another format's reader made of `ann_file` (datasets.formats)."""
         self.images_dir = Path(images_dir)
         self.ann_file = Path(ann_file)
-        self.raw = _load_json(self.ann_file)
+        self.raw = _load_json(self.ann_file) if raw is None else raw
         if holdout is not None:
             total = len(self.raw.get("images", []))
             self.raw = holdout.select(self.raw)

@@ -19,12 +19,28 @@ class DatasetError(EdgeVisionError, ValueError):
     """Broken dataset input; the message is one line naming the file and the fix."""
 
 
+DETECTION_FORMATS = ("coco", "yolo", "voc")
+
+
 @dataclass
 class DetectionSplit:
-    images: str
-    annotations: str
+    """coco: `images` folder + `annotations` JSON; yolo: `annotations` = an Ultralytics data.yaml (its entry of
+    this split's name); voc: `images` = JPEGImages, `annotations` = Annotations, `image_set` = ImageSets/Main
+    list (without one, every XML; with random_split, a fixed-seed part of them)."""
+
+    images: str = ""
+    annotations: str = ""
     val_count: int | None = None  # set by `random_split`: this split is one side of a fixed-seed split
     seed: int = 0
+    format: str = "coco"
+    image_set: str | None = None  # voc only
+
+    def __post_init__(self):
+        if self.format not in DETECTION_FORMATS:
+            raise ValueError(f"detection format {self.format!r} is not one of {DETECTION_FORMATS}")
+        if not self.annotations or (self.format != "yolo" and not self.images):
+            raise ValueError(f"a {self.format} detection split needs `annotations`"
+                             + ("" if self.format == "yolo" else " and `images`"))
 
 
 @dataclass

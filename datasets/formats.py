@@ -1,0 +1,167 @@
+"""Ultralytics YOLO txt and Pascal VOC XML detection sets, read as they are into the COCO dict the COCO reader
+validates (clip, refuse, count), so everything downstream sees one record type and pycocotools scores it.
+
+YOLO: an Ultralytics data.yaml (`path`, `train` / `val` as a folder, a list of folders or a .txt list of
+images, `names` as a list or {index: name}); each image's labels in the parallel `labels/` folder (the last
+`images` path component replaced, suffix .txt), one `class cx cy w h` line per box, normalised; a polygon
+line (more than 4 coordinates) gives its bounding box; an empty or missing label file is a background image.
+VOC: `Annotations/*.xml` beside `JPEGImages/`; `difficult` objects become COCO crowd regions (ignored in
+training and matching, as VOC's own evaluation ignores them); pixel indices are VOC's 1-based ones.
+"""
+
+from __future__ import annotations
+
+import os
+import xml.etree.ElementTree as ET
+from pathlib import Path
+
+import cv2
+
+from datasets.config import DatasetError, read_yaml
+
+IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".bmp", ".webp")
+
+
+def image_size(path: Path) -> tuple[int, int]:
+    img = cv2.imread(str(path), cv2.IMREAD_UNCHANGED)
+    if img is None:
+        raise DatasetError(f"{path}: unreadable image; remove it or replace it with a readable file")
+    return img.shape[1], img.shape[0]
+
+
+def coco_dict(images: list[tuple[Path, int, int]], boxes: list[list[tuple]], names: list[str], root: Path) -> dict:
+    """{images, annotations, categories} with ids from 1; boxes per image as (class, x, y, w, h, crowd)."""
+    out = {"images": [], "annotations": [], "categories": [{"id": i + 1, "name": n} for i, n in enumerate(names)]}
+    for image_id, ((path, w, h), anns) in enumerate(zip(images, boxes, strict=True), start=1):
+        out["images"].append({"id": image_id, "file_name": os.path.relpath(path, root), "width": w, "height": h})
+        for c, x, y, bw, bh, crowd in anns:
+            out["annotations"].append({"id": len(out["annotations"]) + 1, "image_id": image_id, "category_id": c + 1,
+                                       "bbox": [x, y, bw, bh], "iscrowd": int(crowd), "area": bw * bh})
+    return out
+
+
+def yolo_names(raw: dict, source: Path) -> list[str]:
+    names = raw.get("names")
+    if isinstance(names, dict):
+        names = [names[k] for k in sorted(names)]
+    if not isinstance(names, list) or not names:
+        raise DatasetError(f"{source}: `names` must list the class names (a list or {{index: name}})")
+    return [str(n) for n in names]
+
+
+def yolo_images(raw: dict, split: str, source: Path) -> tuple[Path, list[Path]]:
+    """(dataset root, the split's image files) as Ultralytics resolves them."""
+    root = Path(raw.get("path") or ".")
+    root = root if root.is_absolute() else (source.parent / root)
+    if split not in raw:
+        has = sorted(k for k in raw if k in ("train", "val", "test"))
+        raise DatasetError(f"{source}: no `{split}:` entry (has {has}); add the split's images")
+    entries = raw[split] if isinstance(raw[split], list) else [raw[split]]
+    files: list[Path] = []
+    for e in entries:
+        p = root / str(e)
+        if p.is_dir():
+            files += sorted(f for f in p.rglob("*") if f.suffix.lower() in IMAGE_SUFFIXES)
+        elif p.suffix == ".txt" and p.is_file():
+            files += [(root / line.strip()).resolve() for line in p.read_text().splitlines() if line.strip()]
+        else:
+            raise DatasetError(f"{source}: `{split}: {e}` is neither a folder nor a .txt list under {root}")
+    if not files:
+        raise DatasetError(f"{source}: `{split}` has no images under {root}")
+    return root, files
+
+
+def yolo_label_path(image: Path) -> Path:
+    parts = list(image.parts)
+    if "images" not in parts:
+        return image.with_suffix(".txt")
+    i = len(parts) - 1 - parts[::-1].index("images")
+    return Path(*parts[:i], "labels", *parts[i + 1 :]).with_suffix(".txt")
+
+
+def yolo_boxes(label: Path, w: int, h: int, n_classes: int) -> list[tuple]:
+    boxes = []
+    lines = label.read_text().splitlines() if label.is_file() else []
+    for k, line in enumerate(lines, start=1):
+        if not line.strip():
+            continue
+        try:
+            vals = [float(v) for v in line.split()]
+        except ValueError:
+            raise DatasetError(f"{label}:{k}: {line.strip()!r} is not `class cx cy w h` numbers") from None
+        c = int(vals[0])
+        if c != vals[0] or not 0 <= c < n_classes:
+            raise DatasetError(f"{label}:{k}: class {vals[0]:g} is not an index into the {n_classes} names")
+        if len(vals) == 5:
+            cx, cy, bw, bh = vals[1:]
+            x0, y0, x1, y1 = cx - bw / 2, cy - bh / 2, cx + bw / 2, cy + bh / 2
+        elif len(vals) >= 7 and len(vals) % 2 == 1:  # a segment: its bounding box
+            xs, ys = vals[1::2], vals[2::2]
+            x0, y0, x1, y1 = min(xs), min(ys), max(xs), max(ys)
+        else:
+            raise DatasetError(f"{label}:{k}: {len(vals)} numbers; a YOLO line is `class cx cy w h` (normalised)")
+        boxes.append((c, x0 * w, y0 * h, (x1 - x0) * w, (y1 - y0) * h, False))
+    return boxes
+
+
+def read_yolo(data_yaml: Path, split: str) -> tuple[Path, dict]:
+    """(images root, COCO dict) of one split of an Ultralytics data.yaml."""
+    raw = read_yaml(data_yaml, DatasetError, "YOLO data.yaml")
+    if not isinstance(raw, dict):
+        raise DatasetError(f"{data_yaml}: a YOLO data.yaml is a mapping with path, train, val and names")
+    names = yolo_names(raw, data_yaml)
+    _, files = yolo_images(raw, split, data_yaml)
+    root = Path(os.path.commonpath([f.parent for f in files]))
+    images, boxes = [], []
+    for f in files:
+        w, h = image_size(f)
+        images.append((f, w, h))
+        boxes.append(yolo_boxes(yolo_label_path(f), w, h, len(names)))
+    return root, coco_dict(images, boxes, names, root)
+
+
+def voc_object(obj: ET.Element, xml: Path) -> tuple[str, float, float, float, float, bool]:
+    name, box = obj.findtext("name"), obj.find("bndbox")
+    try:
+        x0, y0, x1, y1 = (float(box.findtext(k)) for k in ("xmin", "ymin", "xmax", "ymax"))
+    except (AttributeError, TypeError, ValueError):
+        raise DatasetError(f"{xml}: object {name!r} lacks a numeric bndbox xmin/ymin/xmax/ymax") from None
+    return str(name).strip(), x0 - 1, y0 - 1, x1 - x0 + 1, y1 - y0 + 1, obj.findtext("difficult", "0").strip() == "1"
+
+
+def read_voc(images_dir: Path, annotations_dir: Path, image_set: Path | None) -> dict:
+    """COCO dict of the images a VOC ImageSets list names (all of Annotations/ without one)."""
+    if not annotations_dir.is_dir():
+        raise DatasetError(f"{annotations_dir}: VOC Annotations folder not found; check the dataset config")
+    xmls = sorted(annotations_dir.glob("*.xml"))
+    if image_set is not None:
+        if not image_set.is_file():
+            raise DatasetError(f"{image_set}: VOC image set list not found; check `image_set` in the dataset config")
+        ids = [line.split()[0] for line in image_set.read_text().splitlines() if line.strip()]
+        xmls = [annotations_dir / f"{i}.xml" for i in ids]
+    parsed = []
+    for xml in xmls:
+        try:
+            root = ET.parse(xml).getroot()
+        except (OSError, ET.ParseError) as e:
+            raise DatasetError(f"{xml}: not a readable VOC annotation ({e}); fix or remove it") from None
+        img = images_dir / (root.findtext("filename") or f"{xml.stem}.jpg")
+        size = root.find("size")
+        wh = (int(float(size.findtext("width"))), int(float(size.findtext("height")))) if size is not None \
+            and size.findtext("width") else image_size(img)
+        parsed.append((img, *wh, [voc_object(o, xml) for o in root.iter("object")]))
+    names = sorted({o[0] for *_, objs in parsed for o in objs} | set(voc_class_names(annotations_dir)))
+    index = {n: i for i, n in enumerate(names)}
+    boxes = [[(index[o[0]], *o[1:]) for o in objs] for *_, objs in parsed]
+    return coco_dict([(p, w, h) for p, w, h, _ in parsed], boxes, names, images_dir)
+
+
+def voc_class_names(annotations_dir: Path) -> list[str]:
+    """Every class named in the folder, so train and val map names to the same indices."""
+    names = set()
+    for xml in annotations_dir.glob("*.xml"):
+        try:
+            names |= {str(o.findtext("name")).strip() for o in ET.parse(xml).getroot().iter("object")}
+        except (OSError, ET.ParseError):
+            continue  # reported when that file is read as part of a split
+    return sorted(names)
