@@ -16,7 +16,7 @@ DOCKERFILES := docker/cpu/Dockerfile docker/deploy-cpu/Dockerfile docker/jetson/
 IMAGE_TAG ?= 0.1.0
 
 .DEFAULT_GOAL := help
-.PHONY: help setup data train export bench gate gate-selftest demo test lint clean distclean compare-ssdlite \
+.PHONY: help setup data check-data train export bench gate gate-selftest demo test lint clean distclean compare-ssdlite \
 	compare-lraspp compare-yolo ablate-recipe train-seg thin-diagnose receptive-field robustness ablate-shift \
 	docker-cpu docker-deploy docker-jetson
 
@@ -33,6 +33,9 @@ $(STAMP): requirements.txt pyproject.toml
 
 data: setup ## generate the synthetic dataset named by the config (skipped when already there)
 	$(PY) -m datasets generate --config $(CONFIG)
+
+check-data: data ## per-split images, boxes, classes, sizes vs strides, duplicates; exit 1 on a problem that breaks training
+	$(PY) -m datasets check --config $(CONFIG)
 
 train: data ## train the detector and the segmenter into $(RUN)
 	$(PY) -m train --config $(CONFIG) --out $(RUN)
