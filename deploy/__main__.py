@@ -39,12 +39,8 @@ from deploy.errors import EdgeVisionError
 from deploy.health import add_arguments as health_args
 from deploy.health import health
 from deploy.options import check_paths, frame_size, number
-from deploy.runtime import ModelLoadError, OrtModel
+from deploy.runtime import EXECUTION_PROVIDERS, ModelLoadError, OrtModel
 from deploy.sources import Frame, SourceError, StopFlag, open_source
-
-EXECUTION_PROVIDERS = {"cpu": ["CPUExecutionProvider"],
-                       "cuda": ["CUDAExecutionProvider", "CPUExecutionProvider"],
-                       "tensorrt": ["TensorrtExecutionProvider", "CUDAExecutionProvider", "CPUExecutionProvider"]}
 
 
 def get_args_parser() -> argparse.ArgumentParser:

@@ -18,6 +18,11 @@ class ModelLoadError(EdgeVisionError, ValueError):
     """A model file that cannot be loaded (the message names the file and the fix)."""
 
 
+EXECUTION_PROVIDERS = {"cpu": ["CPUExecutionProvider"],  # --ep name -> ONNX Runtime providers, in order
+                       "cuda": ["CUDAExecutionProvider", "CPUExecutionProvider"],
+                       "tensorrt": ["TensorrtExecutionProvider", "CUDAExecutionProvider", "CPUExecutionProvider"]}
+
+
 def session_options(threads: int | None) -> ort.SessionOptions:
     so = ort.SessionOptions()
     so.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL

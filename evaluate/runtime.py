@@ -20,13 +20,11 @@ from pathlib import Path
 import numpy as np
 
 from deploy.capture import CaptureError, load_outputs
-from deploy.runtime import OrtModel
+from deploy.runtime import EXECUTION_PROVIDERS, OrtModel
 from evaluate.gate_config import GateConfigError
 from train.run_dir import RunDir
 
 Runner = Callable[[np.ndarray], list[np.ndarray]]
-EXECUTION_PROVIDERS = {"cpu": ["CPUExecutionProvider"], "cuda": ["CUDAExecutionProvider", "CPUExecutionProvider"],
-                       "tensorrt": ["TensorrtExecutionProvider", "CUDAExecutionProvider", "CPUExecutionProvider"]}
 
 
 @dataclass
