@@ -149,7 +149,8 @@ def run_checks(config: Path, data: DatasetConfig) -> tuple[dict[str, list[dict]]
     errors, warnings = [], []
     seg_splits = (["train", "val"] if data.segmentation and data.segmentation.random_split else
                   list(data.segmentation.splits) if data.segmentation else [])
-    jobs = [("detection", s, lambda s=s: check_detection(data, s, detector_input_size(config))) for s in data.detection]
+    input_hw = detector_input_size(config)
+    jobs = [("detection", s, lambda s=s: check_detection(data, s, input_hw)) for s in data.detection]
     jobs += [("segmentation", s, lambda s=s: check_segmentation(data, s)) for s in seg_splits]
     for task, split, job in jobs:
         try:

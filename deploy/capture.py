@@ -66,12 +66,16 @@ def load_capture(npz_path: str | Path) -> tuple[np.ndarray, Letterbox]:
 
 def load_outputs(npz_path: str | Path) -> tuple[str, np.ndarray, list[np.ndarray]] | None:
     """-> (model file name, (3, H, W) tensor, outputs in contract order), or None for a capture without outputs."""
-    tensor, _ = load_capture(npz_path)
-    with np.load(npz_path) as z:
-        if "model" not in z.files:
-            return None
-        n = sum(k.startswith("out_") for k in z.files)
-        return str(z["model"]), tensor, [z[f"out_{i}"] for i in range(n)]
+    try:
+        with np.load(npz_path) as z:
+            if "model" not in z.files:
+                return None
+            n = sum(k.startswith("out_") for k in z.files)
+            model, tensor, outputs = str(z["model"]), z["tensor"], [z[f"out_{i}"] for i in range(n)]
+    except (OSError, ValueError, KeyError) as e:
+        raise CaptureError(f"{npz_path}: not a capture file ({type(e).__name__}); re-capture with "
+                           "`python -m deploy run --capture DIR`") from None
+    return model, tensor[0] if tensor.ndim == 4 else tensor, outputs
 
 
 def capture_frames(folder: str | Path) -> list[Path]:

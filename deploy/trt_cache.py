@@ -33,10 +33,11 @@ def cache_key(onnx_sha256: str, recipe: BuildRecipe, dev: DeviceInfo) -> str:
     return hashlib.sha256(json.dumps(payload, sort_keys=True).encode()).hexdigest()[:16]
 
 
-def engine_path(onnx_path: Path, recipe: BuildRecipe, cache_dir: Path, dev: DeviceInfo) -> Path:
+def engine_path(onnx_path: Path, recipe: BuildRecipe, cache_dir: Path, dev: DeviceInfo,
+                source_sha256: str | None = None) -> Path:
     """Where the engine for this ONNX, recipe and device lives, e.g. .../detector.int8.3f2a....engine"""
-    source = engine_source(Path(onnx_path), recipe.precision, dev.tensorrt)
-    key = cache_key(sha256_file(source), recipe, dev)
+    digest = source_sha256 or sha256_file(engine_source(Path(onnx_path), recipe.precision, dev.tensorrt))
+    key = cache_key(digest, recipe, dev)
     return Path(cache_dir) / dev.slug() / f"{Path(onnx_path).name.split('.')[0]}.{recipe.precision}.{key}.engine"
 
 
@@ -61,17 +62,18 @@ def cached(path: Path) -> dict | None:
 def cached_engine(onnx_path: Path, recipe: BuildRecipe, cache_dir: Path) -> tuple[Path, bool]:
     """-> (engine path, built now?). Loads nothing: reuses a complete engine for this key or builds one."""
     dev = device_info()
-    path = engine_path(Path(onnx_path), recipe, Path(cache_dir), dev)
+    source = engine_source(Path(onnx_path), recipe.precision, dev.tensorrt)
+    digest = sha256_file(source)
+    path = engine_path(Path(onnx_path), recipe, Path(cache_dir), dev, digest)
     if cached(path) is not None:
         return path, False
-    source = engine_source(Path(onnx_path), recipe.precision, dev.tensorrt)
     failed = path.with_suffix(".failed.json")
     prior = read_json(failed)
     if prior is not None:  # a restarting container must not rebuild a failing engine forever
         raise TensorRTError(f"{source}: the {recipe.precision} engine build failed on this device before "
                             f"({prior.get('error')}); fix the model, then delete {failed} to retry")
     path.parent.mkdir(parents=True, exist_ok=True)
-    record = {"key": path.name.split(".")[-2], "onnx": str(source), "onnx_sha256": sha256_file(source),
+    record = {"key": path.name.split(".")[-2], "onnx": str(source), "onnx_sha256": digest,
               "recipe": asdict(recipe), "device": asdict(dev)}
     try:
         precisions = build_engine(source, path, recipe, path.parent / "timing.cache")

@@ -18,7 +18,6 @@ bench report. Exit code: 0 pass, 1 fail, 2 could not run.
 from __future__ import annotations
 
 import argparse
-import importlib
 import json
 import sys
 from pathlib import Path
@@ -44,7 +43,7 @@ from evaluate.gate_config import (
     load_gate_config,
 )
 from evaluate.report import write_report
-from evaluate.runtime import recorded_runtime, resolve_runtime
+from evaluate.runtime import load_function, recorded_runtime, resolve_runtime
 from train.checkpoint import CheckpointError, load_checkpoint
 from train.run_dir import RunDir
 
@@ -66,16 +65,6 @@ def get_args_parser() -> argparse.ArgumentParser:
     p.add_argument("--require-baseline", action="store_true",
                    help="exit 2 when a regression check cannot run (no baseline file or no entry for this run)")
     return p
-
-
-def load_function(ref: str):
-    mod, _, fn = ref.partition(":")
-    if not fn:
-        raise GateConfigError(f"--deployed-preprocess {ref!r}: expected module:function")
-    try:
-        return getattr(importlib.import_module(mod), fn)
-    except (ImportError, AttributeError) as e:
-        raise GateConfigError(f"--deployed-preprocess {ref!r}: cannot load it ({e})") from None
 
 
 def gate_model(task: str, run: Path, limits: ModelLimits, split: str = "val", deployed_fn=None,
@@ -290,7 +279,7 @@ def baseline_for(task: str, limits: ModelLimits, baselines: dict, reason: str | 
 
 def run_gate(args, cfg: GateConfig) -> dict:
     run = Path(args.run)
-    deployed_fn = load_function(args.deployed_preprocess) if args.deployed_preprocess else None
+    deployed_fn = load_function(args.deployed_preprocess, "--deployed-preprocess") if args.deployed_preprocess else None
     capture = Path(args.capture) if args.capture else None
     labels = not args.no_labels and capture is None
     tasks, skipped = judged_tasks(run, cfg, args.config, capture)

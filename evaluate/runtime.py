@@ -60,16 +60,19 @@ def resolve_runtime(spec: str, task: str, run: Path, int8: Path) -> DeployedRunt
         model = rd.model(task, "int8-trt" if arg == "int8" else "fp32")
         return DeployedRuntime(spec, model, TrtModel(model, arg, rd.export / "engines").infer)
     if arg:
-        return DeployedRuntime(spec, int8, load_hook(spec)(int8))
+        return DeployedRuntime(spec, int8, load_function(spec, "--runtime")(int8))
     raise GateConfigError(f"--runtime {spec!r}: expected ort:..., ort-mobile, trt:int8|fp16 or module:function")
 
 
-def load_hook(spec: str):
-    mod, _, fn = spec.partition(":")
+def load_function(ref: str, option: str):
+    """The function a `module:function` option names (--deployed-preprocess, --runtime)."""
+    mod, _, fn = ref.partition(":")
+    if not fn:
+        raise GateConfigError(f"{option} {ref!r}: expected module:function")
     try:
         return getattr(importlib.import_module(mod), fn)
     except (ImportError, AttributeError) as e:
-        raise GateConfigError(f"--runtime {spec!r}: cannot load it ({e})") from None
+        raise GateConfigError(f"{option} {ref!r}: cannot load it ({e})") from None
 
 
 def recorded_runtime(frames: list[Path], run: Path) -> DeployedRuntime | None:
