@@ -7,6 +7,7 @@ import csv
 import json
 import math
 import random
+import sys
 import time
 from collections.abc import Callable
 from dataclasses import asdict, dataclass
@@ -321,7 +322,10 @@ def fit(task: str, task_cfg: TaskConfig, cfg: ExperimentConfig, out_dir: Path, v
     if writer is not None:
         writer.close()
     if tr.world > 1:
-        print(f"rank {tr.rank}: final weights digest {distributed.weights_digest(tr.model)}", flush=True)
+        # one write, newline included: under PYTHONUNBUFFERED print() writes text and "\n" apart, and the
+        # ranks share one stdout pipe, so two ranks' lines could splice into each other
+        sys.stdout.write(f"rank {tr.rank}: final weights digest {distributed.weights_digest(tr.model)}\n")
+        sys.stdout.flush()
     return best
 
 
