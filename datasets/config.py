@@ -137,7 +137,11 @@ def read_yaml(path: Path, error: type[Exception], what: str) -> object:
 
 def load_dataset_config(path: str | Path) -> DatasetConfig:
     path = Path(path)
-    raw = read_yaml(path, DatasetError, "dataset config")
+    return parse_dataset_config(read_yaml(path, DatasetError, "dataset config"), path)
+
+
+def parse_dataset_config(raw: object, path: Path) -> DatasetConfig:
+    """A dataset config's parsed YAML -> DatasetConfig; errors name `path`."""
     if not isinstance(raw, dict) or "root" not in raw:
         raise DatasetError(f"{path}: a dataset config needs at least `name` and `root`")
     try:

@@ -11,11 +11,13 @@ training and matching, as VOC's own evaluation ignores them); pixel indices are 
 
 from __future__ import annotations
 
+import json
 import os
 import xml.etree.ElementTree as ET
 from pathlib import Path
 
 import cv2
+import numpy as np
 
 from datasets.config import DatasetError, read_yaml
 
@@ -104,11 +106,21 @@ def yolo_boxes(label: Path, w: int, h: int, n_classes: int) -> list[tuple]:
     return boxes
 
 
-def read_yolo(data_yaml: Path, split: str) -> tuple[Path, dict]:
-    """(images root, COCO dict) of one split of an Ultralytics data.yaml."""
+def read_data_yaml(data_yaml: Path) -> dict:
     raw = read_yaml(data_yaml, DatasetError, "YOLO data.yaml")
     if not isinstance(raw, dict):
         raise DatasetError(f"{data_yaml}: a YOLO data.yaml is a mapping with path, train, val and names")
+    return raw
+
+
+def yolo_files(data_yaml: Path, split: str) -> list[Path]:
+    """The image files of one split of an Ultralytics data.yaml, without opening them."""
+    return yolo_images(read_data_yaml(data_yaml), split, data_yaml)[1]
+
+
+def read_yolo(data_yaml: Path, split: str) -> tuple[Path, dict]:
+    """(images root, COCO dict) of one split of an Ultralytics data.yaml."""
+    raw = read_data_yaml(data_yaml)
     names = yolo_names(raw, data_yaml)
     _, files = yolo_images(raw, split, data_yaml)
     root = Path(os.path.commonpath([f.parent for f in files]))
@@ -118,6 +130,32 @@ def read_yolo(data_yaml: Path, split: str) -> tuple[Path, dict]:
         images.append((f, w, h))
         boxes.append(yolo_boxes(yolo_label_path(f), w, h, len(names)))
     return root, coco_dict(images, boxes, names, root)
+
+
+def write_yolo(splits: dict, root: Path) -> Path:
+    """Splits read by datasets.coco.read_split ({name: CocoDetection}) in Ultralytics' layout under root:
+    images/<split>/ symlinked, labels/<split>/*.txt with normalised `class cx cy w h` (crowd regions left out,
+    boxes clipped to the image, an empty file for a background image) -> its data.yaml."""
+    names = None
+    for split, coco in splits.items():
+        names = coco.class_names
+        (root / "images" / split).mkdir(parents=True)
+        (root / "labels" / split).mkdir(parents=True)
+        for rec in coco.records:
+            link = root / "images" / split / rec.path.name
+            link.symlink_to(rec.path.resolve())
+            w, h = rec.width, rec.height
+            b = rec.boxes[~rec.crowd].clip(0, [w, h, w, h])
+            ok = (b[:, 2] > b[:, 0]) & (b[:, 3] > b[:, 1])
+            b, cls = b[ok], rec.labels[~rec.crowd][ok]
+            xywh = np.stack([(b[:, 0] + b[:, 2]) / 2 / w, (b[:, 1] + b[:, 3]) / 2 / h, (b[:, 2] - b[:, 0]) / w,
+                             (b[:, 3] - b[:, 1]) / h], 1)
+            lines = [f"{c} " + " ".join(f"{v:.6f}" for v in row) for c, row in zip(cls, xywh, strict=True)]
+            (root / "labels" / split / f"{link.stem}.txt").write_text("\n".join(lines) + ("\n" if lines else ""))
+    yaml_path = root / "data.yaml"
+    yaml_path.write_text(json.dumps({"path": str(root), **{k: f"images/{k}" for k in splits},
+                                     "names": dict(enumerate(names))}))  # JSON is YAML
+    return yaml_path
 
 
 def voc_object(obj: ET.Element, xml: Path) -> tuple[str, float, float, float, float, bool]:

@@ -23,9 +23,10 @@ from pycocotools.cocoeval import COCOeval
 
 from datasets.coco import CocoDetection, read_split
 from datasets.config import DatasetConfig, SegmentationConfig, load_dataset_config
+from datasets.formats import yolo_files
 from datasets.masks import IGNORE_INDEX, read_mask, value_lut
 from datasets.thin_metrics import ODSMeter, ThinMeter
-from deploy.postprocess import Detections, decode_detections, decode_mask, decode_probs, logits_to_input
+from deploy.postprocess import Detections, decode_detector, decode_mask, decode_probs, logits_to_input
 from deploy.preprocess import Letterbox, read_image
 
 Runner = Callable[[np.ndarray], list[np.ndarray]]
@@ -143,7 +144,7 @@ def predict_detections(runner: Runner, coco: CocoDetection, preprocess_fn: Prepr
     for rec in coco.records[:limit]:
         tensor, lb = preprocess_fn(read_image(rec.path))
         outs = runner(tensor[None])
-        preds[rec.image_id] = decode_detections(outs[0], outs[1], lb, **post)
+        preds[rec.image_id] = decode_detector(outs, lb, **post)
     return preds
 
 
@@ -195,6 +196,18 @@ def load_truth_masks(pairs: Sequence[tuple[Path, Path]], lut: np.ndarray, limit:
     return [read_mask(m, lut) for _, m in list(pairs)[:limit]]
 
 
+def same_files_as_train(data: DatasetConfig, split: str) -> bool:
+    """A detection split that is the training images, not a held-out part of them. A YOLO data.yaml names
+    each split's images under the split's own key, so there the listed files are compared."""
+    s = data.detection_split(split)
+    if s.val_count is not None or s != data.detection.get("train"):
+        return False
+    if s.format != "yolo":
+        return True
+    data_yaml = data.path(s.annotations)
+    return yolo_files(data_yaml, split) == yolo_files(data_yaml, "train")
+
+
 class EvalSet:
     """A labelled split, read once (annotations, truth masks), scored for any runner and preprocessing.
 
@@ -206,8 +219,7 @@ class EvalSet:
         if task == "detector":
             self.coco = read_split(data, split)
             self.images = [r.path for r in self.coco.records[:limit]]
-            s = data.detection_split(split)  # the same files as train, and not a held-out part of them
-            self.is_train = split == "train" or (s.val_count is None and s == data.detection.get("train"))
+            self.is_train = split == "train" or same_files_as_train(data, split)
         else:
             self.seg = data.segmentation
             self.pairs = data.segmentation_pairs(split)[:limit]

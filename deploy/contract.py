@@ -15,8 +15,12 @@ from deploy.preprocess import PreprocessSpec
 PREFIX = "edge_vision."
 TASKS = ("detector", "segmenter")
 REQUIRED = ("task", "preprocess", "class_names", "config_hash", "outputs")
-OUTPUT_NAMES = {"detector": ["cls_logits", "boxes"], "segmenter": ["logits"]}
-POSTPROCESS_KEYS = {"detector": ("conf_thres", "iou_thres", "max_det"), "segmenter": ()}  # decode_detections' args
+OUTPUT_NAMES = {"detector": ["cls_logits", "boxes"], "segmenter": ["logits"]}  # our own models' outputs
+# a detector's postprocess family (postprocess["family"], default ours) -> its outputs; decoded by
+# deploy.postprocess.decode_detector. "yolo": Ultralytics YOLOv8/11 raw head (B, 4 + C, N); "yolo-e2e":
+# YOLO26 end-to-end (B, K, 6). Both come in through `python -m export.adopt`.
+FAMILIES = {"edge-vision": OUTPUT_NAMES["detector"], "yolo": ["output0"], "yolo-e2e": ["output0"]}
+POSTPROCESS_KEYS = {"detector": ("family", "conf_thres", "iou_thres", "max_det"), "segmenter": ()}
 FIX = "re-export it with `python -m export --run runs/<name>`"
 
 
@@ -70,10 +74,10 @@ class Contract:
             raise ContractError(f"{source}: unknown task {get('task')!r} in metadata; {FIX}")
         if not names or not all(isinstance(n, str) for n in names):
             raise ContractError(f"{source}: class_names in metadata must be a non-empty list of strings; {FIX}")
-        if outputs != OUTPUT_NAMES[get("task")]:
-            raise ContractError(f"{source}: outputs {outputs} in metadata, a {get('task')} has "
-                                f"{OUTPUT_NAMES[get('task')]}; {FIX}")
         check_postprocess(get("task"), post, len(names), source)
+        if outputs != output_names(get("task"), post):
+            raise ContractError(f"{source}: outputs {outputs} in metadata, a {get('task')} "
+                                f"({post.get('family', 'edge-vision')}) has {output_names(get('task'), post)}; {FIX}")
         return cls(
             task=get("task"),
             preprocess=spec,
@@ -86,15 +90,24 @@ class Contract:
             drift=drift,
         )
 
+    @property
+    def family(self) -> str:
+        """How the outputs decode: "edge-vision" (ours, and every segmenter), "yolo" or "yolo-e2e" (FAMILIES)."""
+        return self.postprocess.get("family", "edge-vision")
+
     def check_outputs(self, shapes: dict[str, list], source: str) -> None:
         """The graph's output shapes (ints, or names/None for dynamic axes) against the class list: a model
         whose metadata names 3 classes but whose head has 80 channels is refused at load, not at frame 1."""
         n = len(self.class_names)
         names = f"{n} class names in metadata"
-        if self.task == "detector":  # cls_logits (B, N, C), boxes (B, N, 4)
-            want = {"cls_logits": (-1, n, names), "boxes": (-1, 4, "4 box coordinates")}
-        else:  # logits (B, K, h, w)
+        if self.task == "segmenter":  # logits (B, K, h, w)
             want = {"logits": (1, n, names)}
+        elif self.family == "yolo":  # output0 (B, 4 + C, N): cx, cy, w, h, then C class scores
+            want = {"output0": (1, 4 + n, f"4 box coordinates + {names}")}
+        elif self.family == "yolo-e2e":  # output0 (B, K, 6): x1, y1, x2, y2, score, class
+            want = {"output0": (-1, 6, "x1, y1, x2, y2, score, class")}
+        else:  # cls_logits (B, N, C), boxes (B, N, 4)
+            want = {"cls_logits": (-1, n, names), "boxes": (-1, 4, "4 box coordinates")}
         for name, (axis, size, what) in want.items():
             shape = shapes.get(name)
             if shape is None or len(shape) < 3:
@@ -110,6 +123,11 @@ def _is_number(v) -> bool:
     return isinstance(v, int | float) and not isinstance(v, bool) and v == v  # not NaN
 
 
+def output_names(task: str, post: dict) -> list[str]:
+    """The output tensors a model of this task and postprocess family has, in order."""
+    return FAMILIES[post.get("family", "edge-vision")] if task == "detector" else OUTPUT_NAMES[task]
+
+
 def check_postprocess(task: str, post: dict, num_classes: int, source: str) -> None:
     """The postprocess metadata: known keys and thresholds in range, checked when the model loads."""
     if not isinstance(post, dict):
@@ -118,6 +136,9 @@ def check_postprocess(task: str, post: dict, num_classes: int, source: str) -> N
     if unknown:
         raise ContractError(f"{source}: unknown postprocess key(s) {unknown} for a {task} "
                             f"(allowed: {list(POSTPROCESS_KEYS[task])}); {FIX}")
+    family = post.get("family", "edge-vision")
+    if not isinstance(family, str) or family not in FAMILIES:
+        raise ContractError(f"{source}: postprocess family {family!r} is not one of {list(FAMILIES)}; {FIX}")
     conf = post.get("conf_thres", 0.25)
     confs = conf if isinstance(conf, list) else [conf]
     if isinstance(conf, list) and len(conf) != num_classes:

@@ -97,24 +97,41 @@ def decode_probs(logits: np.ndarray, lb: Letterbox, classes: Sequence[int]) -> n
     return np.ascontiguousarray(np.moveaxis(np.rint(src * 255).astype(np.uint8), -1, 0))
 
 
-def decode_yolo(outputs: Sequence[np.ndarray], lb: Letterbox, conf_thres: float = 0.25, iou_thres: float = 0.7,
-                max_det: int = 300) -> Detections:
-    """Ultralytics YOLO detection ONNX outputs -> Detections in source pixels. Two layouts:
+def decode_yolo(output: np.ndarray, lb: Letterbox, conf_thres: float | Sequence[float] = 0.25,
+                iou_thres: float = 0.7, max_det: int = 300) -> Detections:
+    """Ultralytics YOLOv8 / YOLO11 raw head (1, 4 + C, N) -> Detections in source pixels.
 
-      (1, 4 + C, N)  YOLOv8 / YOLO11 raw head: cx, cy, w, h in input pixels, then C class probabilities;
-                     every (location, class) pair above conf_thres is a candidate, then class-aware NMS
-      (1, K, 6)      YOLO26 end-to-end (NMS-free): x1, y1, x2, y2, score, class, best first
+    Rows: cx, cy, w, h in input pixels, then C class probabilities (already sigmoid). Every (location, class)
+    pair above conf_thres is a candidate, then class-aware NMS, as Ultralytics' validator does.
     """
-    out = np.asarray(outputs[0])
-    if out.shape[-1] == 6:  # (1, K, 6); a raw head's last axis is its N >= 100 locations
-        det = out.reshape(-1, 6)
-        det = det[det[:, 4] > conf_thres][:max_det]
-        return Detections(boxes_to_image(det[:, :4].astype(np.float32), lb), det[:, 4].astype(np.float32),
-                          det[:, 5].astype(np.int64))
-    pred = out.reshape(out.shape[-2], out.shape[-1]).T  # (N, 4 + C)
-    loc, cls = np.nonzero(pred[:, 4:] > conf_thres)
+    pred = output.reshape(output.shape[-2], output.shape[-1]).T  # (N, 4 + C)
+    thres = np.asarray(conf_thres, dtype=np.float32)  # () or (C,)
+    loc, cls = np.nonzero(pred[:, 4:] > thres)
     scores = pred[loc, 4 + cls].astype(np.float32)
     cxcy, wh = pred[loc, :2], pred[loc, 2:4]
     cand = np.concatenate([cxcy - wh / 2, cxcy + wh / 2], 1).astype(np.float32)
     keep = batched_nms(cand, scores, cls, iou_thres)[:max_det]
     return Detections(boxes_to_image(cand[keep], lb), scores[keep], cls[keep].astype(np.int64))
+
+
+def decode_yolo_e2e(output: np.ndarray, lb: Letterbox, conf_thres: float | Sequence[float] = 0.25,
+                    iou_thres: float = 0.7, max_det: int = 300) -> Detections:
+    """YOLO26 end-to-end (NMS-free) output (1, K, 6): x1, y1, x2, y2, score, class, best first -> Detections.
+    There is no NMS to run: iou_thres is accepted for a uniform signature and unused."""
+    det = output.reshape(-1, 6)
+    cls = det[:, 5].astype(np.int64)
+    thres = np.asarray(conf_thres, dtype=np.float32)  # () or (C,)
+    keep = np.flatnonzero(det[:, 4] > (thres[cls.clip(0, thres.size - 1)] if thres.ndim else thres))[:max_det]
+    return Detections(boxes_to_image(det[keep, :4].astype(np.float32), lb), det[keep, 4].astype(np.float32),
+                      cls[keep])
+
+
+def decode_detector(outputs: Sequence[np.ndarray], lb: Letterbox, family: str = "edge-vision",
+                    **post) -> Detections:
+    """A detector's outputs, in contract order -> Detections, by the contract's postprocess family
+    (deploy.contract.FAMILIES): ours, or an Ultralytics model brought in by `python -m export.adopt`."""
+    if family == "yolo":
+        return decode_yolo(outputs[0], lb, **post)
+    if family == "yolo-e2e":
+        return decode_yolo_e2e(outputs[0], lb, **post)
+    return decode_detections(outputs[0], outputs[1], lb, **post)

@@ -10,7 +10,7 @@ import onnxruntime as ort
 
 from deploy.contract import Contract, ContractError
 from deploy.errors import EdgeVisionError
-from deploy.postprocess import Detections, decode_detections, decode_mask
+from deploy.postprocess import Detections, decode_detector, decode_mask
 from deploy.preprocess import Letterbox, preprocess
 
 
@@ -49,7 +49,7 @@ class ContractModel:
 
     def postprocess(self, outputs: list[np.ndarray], lb: Letterbox) -> Detections | np.ndarray:
         if self.task == "detector":
-            return decode_detections(outputs[0], outputs[1], lb, **self.contract.postprocess)
+            return decode_detector(outputs, lb, **self.contract.postprocess)
         return decode_mask(outputs[0], lb)
 
     def prepare(self, img_bgr: np.ndarray) -> tuple[np.ndarray, Letterbox]:

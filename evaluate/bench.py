@@ -28,7 +28,7 @@ from deploy.preprocess import PreprocessSpec, preprocess, read_image
 from deploy.runtime import OrtModel
 from evaluate.plots import plot_pareto, plot_pr
 from evaluate.report import render_markdown, write_report
-from train.checkpoint import CheckpointError, load_checkpoint, model_from_checkpoint, torch_runner
+from train.checkpoint import CheckpointError, is_adopted, load_model_record, model_from_checkpoint, torch_runner
 from train.run_dir import VARIANT_FILES, RunDir
 
 
@@ -112,24 +112,30 @@ def onnx_variants(task: str, run: RunDir) -> list[tuple[str, Path]]:
     return [(v, run.model(task, v)) for v in VARIANT_FILES if run.model(task, v).is_file()]
 
 
+def bench_torch(ckpt: dict, ev: EvalSet, x: np.ndarray, warmup: int, repeats: int) -> dict:
+    """The checkpoint's torch model: accuracy, and latency at 1 thread and all cores."""
+    spec = PreprocessSpec.from_dict(ckpt["preprocess"])
+    run_torch = torch_runner(model_from_checkpoint(ckpt))
+    prev = torch.get_num_threads()
+    lat = {}
+    for n in (1, os.cpu_count() or 1):
+        torch.set_num_threads(n)
+        lat[f"{n}t"] = latency_ms(lambda: run_torch(x), warmup, repeats)
+    torch.set_num_threads(prev)
+    return {**ev.score(run_torch, lambda img: preprocess(img, spec), ckpt["postprocess"]),
+            "latency_ms": lat, "size_mb": None, "params": ckpt.get("params"), "gflops": ckpt.get("gflops")}
+
+
 def bench_model(task: str, run: Path, split: str, warmup: int, repeats: int, limit: int | None) -> dict:
-    ckpt = load_checkpoint(RunDir.of(run).checkpoint(task))
+    ckpt = load_model_record(RunDir.of(run), task)
     ev = EvalSet.from_checkpoint(ckpt, split, limit)
     spec = PreprocessSpec.from_dict(ckpt["preprocess"])
     x, _ = preprocess(read_image(ev.images[0]), spec)
     x = x[None]  # (1, 3, H, W) uint8
     threads_all = os.cpu_count() or 1
     out: dict[str, dict] = {}
-    model = model_from_checkpoint(ckpt)
-    run_torch = torch_runner(model)
-    prev = torch.get_num_threads()
-    lat = {}
-    for n in (1, threads_all):
-        torch.set_num_threads(n)
-        lat[f"{n}t"] = latency_ms(lambda: run_torch(x), warmup, repeats)
-    torch.set_num_threads(prev)
-    out["torch"] = {**ev.score(run_torch, lambda img: preprocess(img, spec), ckpt["postprocess"]),
-                    "latency_ms": lat, "size_mb": None, "params": ckpt.get("params"), "gflops": ckpt.get("gflops")}
+    if not is_adopted(ckpt):  # an adopted model has no torch weights here
+        out["torch"] = bench_torch(ckpt, ev, x, warmup, repeats)
     preds = {}
     variants = onnx_variants(task, RunDir.of(run))
     lat = {f"{n}t": interleaved_latency({v: _runner(OrtModel(p, threads=n), x) for v, p in variants}, warmup, repeats)
@@ -197,7 +203,7 @@ def main(argv: list[str] | None = None) -> int:
     run = Path(args.run)
     try:
         report = {"machine": machine(), "split": args.split}
-        for task in RunDir.of(run).trained():
+        for task in RunDir.of(run).tasks():
             print(f"bench: {task} ...", flush=True)
             report[task] = bench_model(task, run, args.split, args.warmup, args.repeats, args.limit)
         if not any(k in report for k in ("detector", "segmenter")):

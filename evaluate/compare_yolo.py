@@ -33,10 +33,11 @@ import onnxruntime as ort
 from torch import nn
 
 from datasets.coco import read_split
+from datasets.formats import write_yolo
 from datasets.metrics import EvalSet
 from deploy.contract import Contract
 from deploy.errors import EdgeVisionError
-from deploy.postprocess import decode_detections, decode_yolo
+from deploy.postprocess import decode_detector
 from deploy.preprocess import PreprocessSpec, preprocess, read_image
 from deploy.runtime import session_options
 from evaluate.bench import interleaved_latency
@@ -46,39 +47,13 @@ from train.config import ExperimentConfig, load_config
 from train.loop import fit, model_cost
 
 MODELS = ("ours", "yolo11n", "yolo26n")
+FAMILY = {"ours": "edge-vision", "yolo11n": "yolo", "yolo26n": "yolo-e2e"}  # deploy.contract.FAMILIES
 EVAL_POST = {"conf_thres": 0.001, "iou_thres": 0.7, "max_det": 300}  # Ultralytics' validator settings
 SUMMARY = re.compile(r"summary \(fused\): .*?([\d,]+) parameters.*?([\d.]+) GFLOPs")
 
 
 class PeerError(EdgeVisionError, RuntimeError):
     pass
-
-
-def write_yolo_layout(cfg: ExperimentConfig, root: Path) -> Path:
-    """The train and val splits in Ultralytics' layout (images/ symlinked, labels/*.txt with normalised
-    class cx cy w h; crowd regions left out, boxes clipped to the image) -> its data.yaml."""
-    data = cfg.dataset()
-    names = None
-    for split in ("train", "val"):
-        coco = read_split(data, split)
-        names = coco.class_names
-        (root / "images" / split).mkdir(parents=True)
-        (root / "labels" / split).mkdir(parents=True)
-        for rec in coco.records:
-            link = root / "images" / split / rec.path.name
-            link.symlink_to(rec.path.resolve())
-            h, w = read_image(rec.path).shape[:2]
-            b = rec.boxes[~rec.crowd].clip(0, [w, h, w, h])
-            ok = (b[:, 2] > b[:, 0]) & (b[:, 3] > b[:, 1])
-            b, cls = b[ok], rec.labels[~rec.crowd][ok]
-            xywh = np.stack([(b[:, 0] + b[:, 2]) / 2 / w, (b[:, 1] + b[:, 3]) / 2 / h, (b[:, 2] - b[:, 0]) / w,
-                             (b[:, 3] - b[:, 1]) / h], 1)
-            lines = [f"{c} " + " ".join(f"{v:.6f}" for v in row) for c, row in zip(cls, xywh, strict=True)]
-            (root / "labels" / split / f"{link.stem}.txt").write_text("\n".join(lines) + ("\n" if lines else ""))
-    yaml_path = root / "data.yaml"
-    yaml_path.write_text(json.dumps({"path": str(root), "train": "images/train", "val": "images/val",
-                                     "names": dict(enumerate(names))}))  # JSON is YAML
-    return yaml_path
 
 
 def run_yolo(yolo: str, args: list[str], log: Path, env: dict) -> str:
@@ -153,8 +128,7 @@ def score(name: str, path: str, ev: EvalSet, spec: PreprocessSpec) -> dict:
     for rec in ev.coco.records:
         tensor, lb = preprocess(read_image(rec.path), spec)
         outs = run(model_input(tensor[None], name))
-        preds[rec.image_id] = (decode_detections(outs[0], outs[1], lb, **EVAL_POST) if name == "ours"
-                               else decode_yolo(outs, lb, **EVAL_POST))
+        preds[rec.image_id] = decode_detector(outs, lb, FAMILY[name], **EVAL_POST)
     return ev.score_predictions(preds)
 
 
@@ -197,7 +171,8 @@ def train_all(args, cfg: ExperimentConfig, out: Path) -> dict[str, dict]:
         for name in peers:
             info = trained(name, out, args.fresh)
             if info is None:
-                data_yaml = data_yaml or write_yolo_layout(cfg, Path(tmp))
+                data_yaml = data_yaml or write_yolo({k: read_split(cfg.dataset(), k) for k in ("train", "val")},
+                                                    Path(tmp))
                 print(f"{name}: training {cfg.detector.train.epochs} epochs (log: {out / name / 'yolo.log'})",
                       flush=True)
                 info = train_peer(name, args.yolo, data_yaml, cfg, out / name)

@@ -44,7 +44,7 @@ from evaluate.gate_config import (
 )
 from evaluate.report import write_report
 from evaluate.runtime import load_function, recorded_runtime, resolve_runtime
-from train.checkpoint import CheckpointError, load_checkpoint
+from train.checkpoint import CheckpointError, load_model_record
 from train.run_dir import RunDir
 
 
@@ -73,7 +73,7 @@ def gate_model(task: str, run: Path, limits: ModelLimits, split: str = "val", de
     """Cells, deltas, evidence and checks for one model. `int8_path` overrides the exported INT8 file; `runtime`
     is a --runtime spec (evaluate.runtime); with captures that recorded outputs, those are the runtime."""
     rd = RunDir.of(run)
-    ckpt = load_checkpoint(rd.checkpoint(task))
+    ckpt = load_model_record(rd, task)
     fp32 = OrtModel(rd.model(task, "fp32"))
     int8 = OrtModel(int8_path or rd.model(task, "int8"))
     for m in (fp32, int8):
@@ -217,9 +217,10 @@ def junit_xml(gate: dict) -> str:
 def judged_tasks(run: Path, cfg: GateConfig, config: str, capture: Path | None) -> tuple[list[str], dict]:
     """The trained tasks this gate judges, and those the config skips (task -> reason). Every trained task
     must have limits or be listed under `skip:`: a typo in a section name may never mean "not judged"."""
-    trained = RunDir.of(run).trained()
+    trained = RunDir.of(run).tasks()
     if not trained:
-        raise CheckpointError(f"{run}: no trained model (no detector/best.pt or segmenter/best.pt); run `make train`")
+        raise CheckpointError(f"{run}: no trained model (no detector/best.pt or segmenter/best.pt); run `make train` "
+                              "(or `python -m export.adopt` for a model trained elsewhere)")
     judged, skipped = [], {}
     for task in trained:
         if task in cfg.skip:

@@ -1,6 +1,7 @@
 """python -m export --run runs/demo [--checkpoint best|last]
 
-For each model trained in the run: ONNX fp32 (contract in metadata, torch parity checked on two inputs),
+For each model trained in the run: ONNX fp32 (contract in metadata, torch parity checked on two inputs; a model
+adopted into the run by `python -m export.adopt` starts from its adopted file),
 static INT8 QDQ calibrated on training images for ONNX Runtime CPUs (`<model>.int8.onnx`) and for
 TensorRT (`<model>.int8-trt.onnx`, symmetric), and .ort files for phones. Writes runs/<name>/export/ and
 its manifest.json.

@@ -7,6 +7,7 @@ from __future__ import annotations
 import dataclasses
 import hashlib
 import json
+from collections.abc import Callable
 from pathlib import Path
 
 import numpy as np
@@ -16,7 +17,7 @@ import torch
 from datasets.config import load_dataset_config
 from datasets.metrics import PRIMARY, EvalSet
 from deploy.atomic import write_atomic
-from deploy.contract import TASKS
+from deploy.contract import TASKS, Contract
 from deploy.preprocess import PreprocessSpec, preprocess, read_image
 from deploy.runtime import OrtModel
 from export.check_trt import check_model
@@ -25,12 +26,13 @@ from export.onnx_export import contract_from_checkpoint, export_onnx, parity
 from export.ort_mobile import convert_to_ort, required_ops
 from export.quantize import file_mb, quantize_int8, sample_paths
 from export.sensitivity import sensitivity, to_markdown
-from train.checkpoint import CheckpointError, load_checkpoint, model_from_checkpoint
+from train.checkpoint import CheckpointError, load_checkpoint, load_model_record, model_from_checkpoint
 from train.config import ExportConfig
 from train.data import build_dataset, image_paths
 from train.run_dir import INT8_VARIANTS, VARIANT_FILES, RunDir
 
 PARITY_TOL = 1e-4  # max |torch - ORT| relative to the output's range
+FP32_TARGETS = "onnxruntime-cpu,tensorrt-fp32,tensorrt-10-fp16"  # the manifest's targets of the fp32 file
 
 
 def training_images(ckpt: dict) -> list[Path]:
@@ -48,24 +50,33 @@ def export_settings(ckpt: dict) -> ExportConfig:
     return ExportConfig(**{k: v for k, v in raw.items() if k in ExportConfig.__dataclass_fields__})
 
 
+def val_scorer(ckpt: dict) -> Callable[[Path], float]:
+    """model file -> its primary val metric, through its own contract's pre- and postprocessing."""
+    ev, metric = EvalSet.from_checkpoint(ckpt, "val"), PRIMARY[ckpt["task"]]
+
+    def score(path: Path) -> float:
+        m = OrtModel(path)
+        return ev.score(m.infer, lambda img: preprocess(img, m.contract.preprocess), m.contract.postprocess)[metric]
+    return score
+
+
 def quantize_within_budget(ckpt: dict, fp32: Path, int8: Path, contract, calib: list[Path],
-                           method: str, target: str) -> tuple[list[str], dict]:
-    """Quantize; while the val accuracy drop exceeds the budget, keep the most sensitive convs in float.
+                           method: str, target: str, score: Callable[[Path], float]) -> tuple[list[str], dict]:
+    """Quantize; while the val accuracy drop (`score`: val_scorer) exceeds the budget, keep the most sensitive
+    convs in float.
 
     Starts from quantize_int8's default exclusions for the target and adds, per round, the two Conv nodes
     fed by the tensors with the lowest own-Q/DQ SQNR. Writes <int8 file>.sensitivity.md beside the model.
     """
     ex = export_settings(ckpt)
     kept = quantize_int8(fp32, int8, contract, calib, method, target=target)
-    ev = EvalSet.from_checkpoint(ckpt, "val")
     metric = PRIMARY[ckpt["task"]]
-    prep = lambda img: preprocess(img, contract.preprocess)  # noqa: E731
-    ref = ev.score(OrtModel(fp32).infer, prep, contract.postprocess)[metric]
+    ref = score(fp32)
     rows = sensitivity(fp32, int8, calib[: ex.sensitivity_images], contract.preprocess)
     convs = {n.name for n in onnx.load(fp32).graph.node if n.op_type == "Conv"}
     rounds, best = 0, None
     while True:
-        got = ev.score(OrtModel(int8).infer, prep, contract.postprocess)[metric]
+        got = score(int8)
         if best is None or got > best[0]:
             best = (got, kept)
         if ref - got <= ex.int8_max_drop or rounds >= ex.int8_max_rounds:
@@ -87,13 +98,14 @@ def quantize_within_budget(ckpt: dict, fp32: Path, int8: Path, contract, calib: 
     return kept, {"metric": metric, "fp32": ref, "int8": got, "drop": ref - got, "rounds": rounds}
 
 
-def export_one(task: str, ckpt_path: Path, out_dir: Path, calib_images: int | None,
-               dynamic_batch: bool = False) -> list[dict]:
+def export_fp32(task: str, ckpt_path: Path, out_dir: Path, dynamic_batch: bool) -> tuple[dict, Path, Contract,
+                                                                                         list[np.ndarray], dict]:
+    """The checkpoint's fp32 ONNX, parity-checked against torch -> (checkpoint, file, contract, the parity
+    inputs, its manifest entry)."""
     ckpt = load_checkpoint(ckpt_path)
     model = model_from_checkpoint(ckpt)
     ex = export_settings(ckpt)
-    if dynamic_batch:
-        ex = dataclasses.replace(ex, dynamic_batch=True)
+    dynamic_batch = dynamic_batch or ex.dynamic_batch
     spec = PreprocessSpec.from_dict(ckpt["preprocess"])
     H, W = spec.input_size
     rng = np.random.default_rng(0)
@@ -102,31 +114,55 @@ def export_one(task: str, ckpt_path: Path, out_dir: Path, calib_images: int | No
         outs = model(torch.from_numpy(rand))
     outs = outs if isinstance(outs, tuple) else (outs,)
     contract = contract_from_checkpoint(ckpt)
-    shapes = {n: ["batch" if ex.dynamic_batch and i == 0 else d for i, d in enumerate(o.shape)]
+    shapes = {n: ["batch" if dynamic_batch and i == 0 else d for i, d in enumerate(o.shape)]
               for n, o in zip(contract.outputs, outs, strict=True)}
     contract = dataclasses.replace(contract, output_shapes=shapes)
-    fp32 = export_onnx(model, contract, out_dir / f"{task}.onnx", opset=ex.opset, dynamic_batch=ex.dynamic_batch)
-    images = training_images(ckpt)
-    real, _ = preprocess(read_image(images[0]), spec)
+    fp32 = export_onnx(model, contract, out_dir / f"{task}.onnx", opset=ex.opset, dynamic_batch=dynamic_batch)
+    real, _ = preprocess(read_image(training_images(ckpt)[0]), spec)
     inputs = [rand, real[None]]
-    if ex.dynamic_batch:  # a second batch size through the same file
+    if dynamic_batch:  # a second batch size through the same file
         inputs.append(rng.integers(0, 256, (3, 3, H, W), dtype=np.uint8))
     err = parity(model, fp32, inputs)
     if err > PARITY_TOL:
         fp32.unlink()  # a file that disagrees with its checkpoint must not be picked up downstream
         raise RuntimeError(f"{fp32}: ONNX Runtime differs from torch by {err:.2e} (> {PARITY_TOL}); not exported")
-    n = calib_images or ex.calib_images
-    calib = sample_paths(images, n)
+    entry = {"model": task, "config_hash": contract.config_hash, "checkpoint": str(ckpt_path), "file": fp32.name,
+             "precision": "fp32", "target": FP32_TARGETS, "size_bytes": fp32.stat().st_size, "sha256": sha256(fp32),
+             "parity_max_rel_err": err}
+    return ckpt, fp32, contract, inputs, entry
+
+
+def adopted_fp32(task: str, run: RunDir) -> tuple[dict, Path, Contract, list[np.ndarray], dict]:
+    """The fp32 ONNX `python -m export.adopt` wrote, checked against its record; the same tuple as export_fp32."""
+    record = load_model_record(run, task)
+    fp32 = run.model(task)
+    contract = OrtModel(fp32).contract
+    if contract.config_hash != record["config_hash"]:
+        raise CheckpointError(f"{fp32}: not the model adopted into {run.adopted(task)} (config hash differs); run "
+                              "`python -m export.adopt` again")
+    H, W = contract.preprocess.input_size
+    real, _ = preprocess(read_image(training_images(record)[0]), contract.preprocess)
+    inputs = [np.random.default_rng(0).integers(0, 256, (1, 3, H, W), dtype=np.uint8), real[None]]
+    entry = {"model": task, "config_hash": contract.config_hash, "adopted": record["source"], "file": fp32.name,
+             "precision": "fp32", "target": FP32_TARGETS, "size_bytes": fp32.stat().st_size, "sha256": sha256(fp32),
+             "parity_max_rel_err": record["parity_max_rel_err"]}  # vs the source file, measured by export.adopt
+    return record, fp32, contract, inputs, entry
+
+
+def export_derived(ckpt: dict, fp32: Path, contract: Contract, inputs: list[np.ndarray], calib_images: int | None,
+                   origin: dict) -> tuple[list[dict], list[str]]:
+    """INT8 for ONNX Runtime CPUs and TensorRT within the accuracy budget, and the TensorRT 11 FP16 files, from
+    the fp32 ONNX -> (manifest entries, report lines). `origin`: the keys every entry repeats."""
+    ex = export_settings(ckpt)
+    calib = sample_paths(training_images(ckpt), calib_images or ex.calib_images)
     method = ex.calib_method
-    common = {"model": task, "config_hash": contract.config_hash, "checkpoint": str(ckpt_path)}
-    entries = [{**common, "file": fp32.name, "precision": "fp32",
-                "target": "onnxruntime-cpu,tensorrt-fp32,tensorrt-10-fp16", "size_bytes": fp32.stat().st_size,
-                "sha256": sha256(fp32), "parity_max_rel_err": err}]
-    report = [f"{task}: fp32 {file_mb(fp32):.2f} MB (parity {err:.1e})"]
+    task, out_dir = ckpt["task"], fp32.parent
+    entries, report = [], []
+    score = val_scorer(ckpt)
     for target, manifest_target in (("cpu", "onnxruntime-cpu"), ("tensorrt", "tensorrt-qdq")):
         int8 = out_dir / Path(VARIANT_FILES[INT8_VARIANTS[target]].format(task=task)).name
-        kept, acc = quantize_within_budget(ckpt, fp32, int8, contract, calib, method, target)
-        entry = {**common, "file": int8.name, "precision": "int8", "target": manifest_target,
+        kept, acc = quantize_within_budget(ckpt, fp32, int8, contract, calib, method, target, score)
+        entry = {**origin, "file": int8.name, "precision": "int8", "target": manifest_target,
                  "size_bytes": int8.stat().st_size, "sha256": sha256(int8), "calibration_images": len(calib),
                  "calibration_method": method, "float_nodes": kept, "val_accuracy": acc,
                  "sensitivity": f"{int8.name.removesuffix('.onnx')}.sensitivity.md"}
@@ -138,13 +174,33 @@ def export_one(task: str, ckpt_path: Path, out_dir: Path, calib_images: int | No
         report.append(f"{int8.name} {file_mb(int8):.2f} MB ({entry['size_bytes'] / fp32.stat().st_size:.0%}, "
                       f"{acc['metric']} {acc['fp32']:.4f} -> {acc['int8']:.4f}{note})")
     for src in (fp32, out_dir / Path(VARIANT_FILES[INT8_VARIANTS["tensorrt"]].format(task=task)).name):
-        half, half_err = export_fp16(src, inputs, fp32)
-        entries.append({**common, "file": half.name, "precision": "int8" if "int8" in src.name else "fp16",
+        # ranked rows (YOLO26 end-to-end): FP16 rounding reorders near-tied rows, so accuracy, not tensors
+        ranked = (score, ex.int8_max_drop) if contract.family == "yolo-e2e" else None
+        half, half_err = export_fp16(src, inputs, fp32, ranked)
+        key = "val_drop" if ranked else "parity_rel_l2"
+        entries.append({**origin, "file": half.name, "precision": "int8" if "int8" in src.name else "fp16",
                         "target": "tensorrt-11", "size_bytes": half.stat().st_size, "sha256": sha256(half),
-                        "source": src.name, "parity_rel_l2": half_err})
-        report.append(f"{half.name} {file_mb(half):.2f} MB (TensorRT 11, relative L2 error {half_err:.1e})")
-    print("; ".join(report) + f" [{len(calib)} calibration images, {method}]", flush=True)
-    return entries
+                        "source": src.name, key: half_err})
+        report.append(f"{half.name} {file_mb(half):.2f} MB (TensorRT 11, "
+                      f"{'val drop' if ranked else 'relative L2 error'} {half_err:.1e})")
+    report[-1] += f" [{len(calib)} calibration images, {method}]"
+    return entries, report
+
+
+def export_one(task: str, run: RunDir, checkpoint: str, calib_images: int | None,
+               dynamic_batch: bool = False) -> list[dict]:
+    """One task's files: its fp32 ONNX (exported from the checkpoint, or the adopted one) and what derives from it."""
+    if run.checkpoint(task, checkpoint).is_file() or not run.adopted(task).is_file():
+        ckpt, fp32, contract, inputs, entry = export_fp32(task, run.checkpoint(task, checkpoint), run.export,
+                                                          dynamic_batch)
+        head = f"{task}: fp32 {file_mb(fp32):.2f} MB (parity {entry['parity_max_rel_err']:.1e})"
+    else:
+        ckpt, fp32, contract, inputs, entry = adopted_fp32(task, run)
+        head = f"{task}: fp32 {file_mb(fp32):.2f} MB (adopted from {entry['adopted']})"
+    origin = {k: entry[k] for k in ("model", "config_hash", "checkpoint", "adopted") if k in entry}
+    entries, report = export_derived(ckpt, fp32, contract, inputs, calib_images, origin)
+    print("; ".join([head, *report]), flush=True)
+    return [entry, *entries]
 
 
 def export_run(run: str | Path, checkpoint: str = "best", calib_images: int | None = None,
@@ -153,10 +209,11 @@ def export_run(run: str | Path, checkpoint: str = "best", calib_images: int | No
     rd = RunDir.of(run)
     rd.export.mkdir(parents=True, exist_ok=True)
     entries = []
-    for task in [t for t in TASKS if rd.checkpoint(t, checkpoint).is_file()]:
-        entries += export_one(task, rd.checkpoint(task, checkpoint), rd.export, calib_images, dynamic_batch)
+    for task in [t for t in TASKS if rd.checkpoint(t, checkpoint).is_file() or rd.adopted(t).is_file()]:
+        entries += export_one(task, rd, checkpoint, calib_images, dynamic_batch)
     if not entries:
-        raise CheckpointError(f"{run}: no detector/ or segmenter/ checkpoint; run `make train` first")
+        raise CheckpointError(f"{run}: no detector/ or segmenter/ checkpoint; run `make train` (or "
+                              "`python -m export.adopt` for a model trained elsewhere) first")
     mobile, ops_config = export_mobile(entries, rd.export)
     entries += mobile
     write_atomic(rd.export / "manifest.json", json.dumps(

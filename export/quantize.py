@@ -115,7 +115,8 @@ def float_tail(model: onnx.ModelProto) -> list[str]:
 
 
 def unit_input_tensor(model: onnx.ModelProto) -> str | None:
-    """The tensor x/255 of a UnitInput model (Cast -> [Pad] -> Mul by 1/255 at the graph input), else None."""
+    """The tensor x/255 at the graph input (Cast -> [Pad] -> Mul by 1/255: our UnitInput; or Div by 255: an
+    adopted model, export.adopt), else None."""
     inits = {t.name: t for t in model.graph.initializer}
     t = model.graph.input[0].name
     for n in model.graph.node:
@@ -123,16 +124,17 @@ def unit_input_tensor(model: onnx.ModelProto) -> str | None:
             continue
         if n.op_type in ("Cast", "Pad"):
             t = n.output[0]
-        elif n.op_type == "Mul":
-            const = next((inits[i] for i in n.input if i in inits), None)
-            if const is not None and np.allclose(numpy_helper.to_array(const), 1 / 255):
+        elif n.op_type in ("Mul", "Div"):
+            const = next((inits[i] for i in n.input[1:] if i in inits), None)
+            want = 1 / 255 if n.op_type == "Mul" else 255
+            if const is not None and np.allclose(numpy_helper.to_array(const), want):
                 return n.output[0]
             return None
     return None
 
 
 def feed_uint8_input(model: onnx.ModelProto, unit: str) -> bool:
-    """Replace Cast -> [Pad] -> Mul(1/255) -> Q(scale 1/255, zp 0, uint8) by the uint8 input (padded).
+    """Replace Cast -> [Pad] -> Mul(1/255) or Div(255) -> Q(scale 1/255, zp 0, uint8) by the uint8 input (padded).
 
     Exact: the quantized value of x/255 at that scale is x. Returns False when the pattern is absent.
     """
@@ -208,6 +210,18 @@ def compact(model: onnx.ModelProto, float_model: onnx.ModelProto) -> None:
     del g.value_info[:]
 
 
+def prepare(fp32_path: str | Path, out: Path) -> None:
+    """Shape inference for the quantizer. Not ORT's graph optimisation: it would bake ORT-specific fusions
+    into a file TensorRT reads. ORT's symbolic pass fails on some foreign graphs (an adopted model's
+    opset-18 ReduceMax feeding TopK): ONNX's own shape inference then suffices for static shapes."""
+    try:
+        quant_pre_process(str(fp32_path), str(out), skip_optimization=True)
+    except (TypeError, KeyError, AssertionError, ValueError) as e:
+        print(f"  {Path(fp32_path).name}: symbolic shape inference failed ({type(e).__name__}); "
+              "using ONNX shape inference", flush=True)
+        quant_pre_process(str(fp32_path), str(out), skip_optimization=True, skip_symbolic_shape=True)
+
+
 def quantize_int8(fp32_path: str | Path, int8_path: str | Path, contract: Contract,
                   calib_images: Sequence[str | Path], method: str = "percentile",
                   exclude: Sequence[str] | None = None, preprocess_fn=None, target: str = "cpu",
@@ -246,8 +260,7 @@ def quantize_int8(fp32_path: str | Path, int8_path: str | Path, contract: Contra
                                                       "zero_point": np.array(0, np.uint8)}]
     with tempfile.TemporaryDirectory() as tmp:
         prep = Path(tmp) / "prep.onnx"
-        # shape inference only: ORT graph optimisation would bake ORT-specific fusions into a file TensorRT reads
-        quant_pre_process(str(fp32_path), str(prep), skip_optimization=True)
+        prepare(fp32_path, prep)
         reader = ImageCalibrationReader(calib_images, contract.preprocess, input_name, preprocess_fn)
         out = Path(tmp) / "int8.onnx"
         args = dict(quant_format=QuantFormat.QDQ, per_channel=True, activation_type=act,

@@ -6,6 +6,7 @@ constructor arguments, class names, the preprocessing spec, postprocess settings
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
 import numpy as np
@@ -15,8 +16,10 @@ from torch import nn
 from deploy.atomic import atomic_path
 from deploy.errors import EdgeVisionError
 from train.models import build_model
+from train.run_dir import RunDir
 
 FORMAT = "edge-vision/2"
+ADOPTED_FORMAT = "edge-vision-adopted/1"  # export.adopt's record: a checkpoint's keys without the weights
 
 
 class CheckpointError(EdgeVisionError, ValueError):
@@ -46,6 +49,26 @@ def load_checkpoint(path: str | Path) -> dict:
         what = ckpt.get("format") if isinstance(ckpt, dict) else type(ckpt).__name__
         raise CheckpointError(f"{path}: not an edge-vision checkpoint ({what!r})")
     return ckpt
+
+
+def load_model_record(run: RunDir, task: str) -> dict:
+    """The task's best checkpoint, or, for a model trained elsewhere and brought in by `python -m export.adopt`,
+    its record: the keys export, bench and gate read from a checkpoint (task, config, preprocess, class_names,
+    config_hash, postprocess), no weights; `is_adopted` tells them apart."""
+    path = run.adopted(task)
+    if run.checkpoint(task).is_file() or not path.is_file():
+        return load_checkpoint(run.checkpoint(task))
+    try:
+        record = json.loads(path.read_text())
+    except (OSError, ValueError) as e:
+        raise CheckpointError(f"{path}: unreadable ({type(e).__name__}); run `python -m export.adopt` again") from None
+    if not isinstance(record, dict) or record.get("format") != ADOPTED_FORMAT or record.get("task") != task:
+        raise CheckpointError(f"{path}: not an adopted {task} record; run `python -m export.adopt` again")
+    return record
+
+
+def is_adopted(ckpt: dict) -> bool:
+    return ckpt.get("format") == ADOPTED_FORMAT
 
 
 def check_compatible(ckpt: dict, meta: dict, path: str | Path) -> None:

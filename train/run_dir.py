@@ -1,6 +1,7 @@
 """The run folder's layout, in one place: where a run's checkpoints, exported models and reports lie.
 
     runs/<name>/<task>/{best,last}.pt, log.csv, tb/        python -m train
+    runs/<name>/<task>/adopted.json, runs/<name>/data.yaml  python -m export.adopt (a model trained elsewhere)
     runs/<name>/export/<variant file>, manifest.json       python -m export (VARIANT_FILES)
     runs/<name>/bench/, runs/<name>/gate/                  python -m evaluate.bench / evaluate.gate
 """
@@ -39,6 +40,19 @@ class RunDir:
     def trained(self) -> list[str]:
         """The tasks with a best.pt, in TASKS order."""
         return [t for t in TASKS if self.checkpoint(t).is_file()]
+
+    def adopted(self, task: str) -> Path:
+        """The record `python -m export.adopt` writes in place of best.pt (train.checkpoint.load_model_record)."""
+        return self.root / task / "adopted.json"
+
+    def tasks(self) -> list[str]:
+        """The tasks trained here or adopted into here, in TASKS order: what export, bench and gate work on."""
+        return [t for t in TASKS if self.checkpoint(t).is_file() or self.adopted(t).is_file()]
+
+    @property
+    def dataset_config(self) -> Path:
+        """The dataset config `python -m export.adopt` writes for an Ultralytics data.yaml."""
+        return self.root / "data.yaml"
 
     @property
     def export(self) -> Path:

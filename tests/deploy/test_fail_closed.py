@@ -35,6 +35,9 @@ def with_metadata(src, dst, **changes):
      "conf_thres '0.05' must be a number in [0, 1]"),
     ({"postprocess": json.dumps({"conf_thres": 0.05, "iou_thres": 1.5, "max_det": 100})}, "iou_thres 1.5"),
     ({"postprocess": json.dumps({"conf_thres": 0.05, "iou_thres": 0.6, "max_det": 0})}, "max_det 0"),
+    ({"postprocess": json.dumps({"family": "yolov5", "conf_thres": 0.05})}, "postprocess family 'yolov5' is not one"),
+    ({"postprocess": json.dumps({"family": "yolo", "conf_thres": 0.05})},  # our outputs under a YOLO family
+     "outputs ['cls_logits', 'boxes'] in metadata, a detector (yolo) has ['output0']"),
 ])
 def test_metadata_that_disagrees_with_the_graph_is_refused_at_load(tiny_run, tmp_path, change, words):
     bad = with_metadata(tiny_run / "export" / "detector.onnx", tmp_path / "bad.onnx", **change)

@@ -1,6 +1,6 @@
 import numpy as np
 
-from deploy.postprocess import decode_detections, decode_mask, decode_probs, decode_yolo
+from deploy.postprocess import decode_detections, decode_detector, decode_mask, decode_probs
 from deploy.preprocess import PreprocessSpec, compute_letterbox
 
 
@@ -65,7 +65,7 @@ def test_yolo_raw_head_is_centre_size_with_probabilities_and_goes_through_nms():
     pred[0, :4, 1] = [21, 71, 20, 40]  # the same object, lower score: suppressed
     pred[0, :4, 2] = [200, 200, 10, 10]
     pred[0, 4 + 1, 0], pred[0, 4 + 1, 1], pred[0, 4 + 2, 2] = 0.9, 0.6, 0.0005  # probabilities, not logits
-    d = decode_yolo([pred], lb, conf_thres=0.001, iou_thres=0.7)
+    d = decode_detector([pred], lb, family="yolo", conf_thres=0.001, iou_thres=0.7)
     assert d.labels.tolist() == [1] and d.scores.tolist() == [np.float32(0.9)]
     np.testing.assert_allclose(d.boxes, [[10, 10, 30, 50]])
 
@@ -75,6 +75,8 @@ def test_yolo_end_to_end_rows_are_corners_score_class_without_nms():
     rows = np.zeros((1, 300, 6), np.float32)  # (1, K, 6), best first, zero rows at the end
     rows[0, 0] = [10, 50, 30, 90, 0.8, 2]
     rows[0, 1] = [11, 51, 31, 91, 0.7, 2]  # overlapping the first: NMS-free output keeps both
-    d = decode_yolo([rows], lb, conf_thres=0.001, max_det=300)
+    d = decode_detector([rows], lb, family="yolo-e2e", conf_thres=0.001, max_det=300)
     assert d.labels.tolist() == [2, 2] and len(d) == 2
     np.testing.assert_allclose(d.boxes[0], [10, 10, 30, 50])
+    strict = decode_detector([rows], lb, family="yolo-e2e", conf_thres=[0.5, 0.5, 0.75])  # per-class thresholds
+    assert strict.scores.tolist() == [np.float32(0.8)]

@@ -58,11 +58,10 @@ def test_dynamic_batch_engine_takes_any_batch_up_to_its_profile(tiny_run, tiny_d
     from deploy.runtime import OrtModel
     from deploy.trt_runtime import TrtModel
     from export.fp16 import rel_l2
-    from export.pipeline import export_one
+    from export.pipeline import export_fp32
     from train.run_dir import RunDir
 
-    export_one("detector", RunDir.of(tiny_run).checkpoint("detector"), tmp_path / "export", 4, dynamic_batch=True)
-    path = tmp_path / "export" / "detector.onnx"
+    _, path, *_ = export_fp32("detector", RunDir.of(tiny_run).checkpoint("detector"), tmp_path / "export", True)
     model = TrtModel(path, "fp16", tmp_path / "engines", max_batch=4)
     x = np.stack([model.prepare(img)[0] for img in images(tiny_data, 3)])
     for a, b in zip(model.infer(x), OrtModel(path).infer(x), strict=True):

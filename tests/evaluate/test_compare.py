@@ -26,12 +26,12 @@ def test_ssdlite_and_lraspp_train_through_fit(tiny_config, tmp_path):
 def test_yolo_layout_holds_the_coco_boxes_normalised_and_empty_files_for_background(tiny_config, tmp_path):
     import json
 
-    from datasets.coco import CocoDetection
+    from datasets.coco import CocoDetection, read_split
+    from datasets.formats import write_yolo
     from deploy.preprocess import read_image
-    from evaluate.compare_yolo import write_yolo_layout
 
     cfg = load_config(tiny_config)
-    data_yaml = write_yolo_layout(cfg, tmp_path)
+    data_yaml = write_yolo({k: read_split(cfg.dataset(), k) for k in ("train", "val")}, tmp_path)
     spec = json.loads(data_yaml.read_text())
     s = cfg.dataset().detection_split("train")
     coco = CocoDetection(cfg.dataset().path(s.images), cfg.dataset().path(s.annotations))

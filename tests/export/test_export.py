@@ -164,7 +164,7 @@ def test_make_export_writes_manifest_with_mobile_models(tiny_run):
 
 def test_int8_over_budget_keeps_the_most_sensitive_convs_in_float(tiny_run, tiny_data, tmp_path):
     from export.onnx_export import contract_from_checkpoint
-    from export.pipeline import quantize_within_budget
+    from export.pipeline import quantize_within_budget, val_scorer
     from train.checkpoint import load_checkpoint
 
     ckpt = load_checkpoint(tiny_run / "detector" / "best.pt")
@@ -172,7 +172,7 @@ def test_int8_over_budget_keeps_the_most_sensitive_convs_in_float(tiny_run, tiny
     fp32 = tiny_run / "export" / "detector.onnx"
     imgs = sorted((tiny_data.parent / "data" / "images" / "train").glob("*.jpg"))[:2]
     kept, acc = quantize_within_budget(ckpt, fp32, tmp_path / "detector.int8.onnx",
-                                       contract_from_checkpoint(ckpt), imgs, "minmax", "cpu")
+                                       contract_from_checkpoint(ckpt), imgs, "minmax", "cpu", val_scorer(ckpt))
     # the CPU target starts with every conv quantized; the round adds two, unless they scored worse
     assert acc["rounds"] == 1 and len(kept) in (0, 2)
     table = (tmp_path / "detector.int8.sensitivity.md").read_text()

@@ -65,3 +65,24 @@ def test_a_conversion_outside_the_tolerance_is_refused_and_removed(tiny_run, tmp
     with pytest.raises(RuntimeError, match="FP16 outputs differ from detector.onnx"):
         fp16.export_fp16(src, inputs(OrtModel(src)))
     assert not fp16_path(src).exists()
+
+
+def test_unnamed_casts_and_a_resize_with_scales_convert_to_a_loadable_graph():
+    """What adopted Ultralytics graphs hold: a Resize whose float scales must stay float32, and, in the INT8
+    files, Casts without node names (the converter names its own casts after them)."""
+    import onnxruntime as ort
+    from onnx import helper
+
+    nodes = [helper.make_node("Cast", ["x"], ["xf"], to=TensorProto.FLOAT),
+             helper.make_node("Resize", ["xf", "", "scales"], ["up"], mode="nearest"),
+             helper.make_node("Cast", ["up"], ["ui"], to=TensorProto.INT32),
+             helper.make_node("Cast", ["ui"], ["y"], to=TensorProto.FLOAT)]
+    graph = helper.make_graph(nodes, "g", [helper.make_tensor_value_info("x", TensorProto.UINT8, [1, 3, 4, 4])],
+                              [helper.make_tensor_value_info("y", TensorProto.FLOAT, [1, 3, 8, 8])],
+                              [numpy_helper.from_array(np.array([1, 1, 2, 2], np.float32), "scales")])
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 18)])
+    half = fp16.convert(model)
+    onnx.checker.check_model(half)
+    x = np.arange(48, dtype=np.uint8).reshape(1, 3, 4, 4)
+    y = ort.InferenceSession(half.SerializeToString(), providers=["CPUExecutionProvider"]).run(None, {"x": x})[0]
+    np.testing.assert_array_equal(y, x.repeat(2, 2).repeat(2, 3))
