@@ -70,14 +70,31 @@ def input_evidence(ref_fn: PreprocessFn, dep_fn: PreprocessFn, images: list[Path
             "worst_image": worst["image"], "per_image": per_image}
 
 
+def match_rows(a: np.ndarray, b: np.ndarray) -> np.ndarray:
+    """Ranked detection rows (1, K, 6) x1 y1 x2 y2 score class: b's rows reordered to pair with a's, each of
+    a's rows (best first) taking the nearest unused row of b of its class. Near-tied scores swap places between
+    two runs of the same model; compared in place, the swaps would read as noise on whole rows."""
+    ra, rb = a.reshape(-1, 6).astype(np.float64), b.reshape(-1, 6).astype(np.float64)
+    dist = ((ra[:, None, :5] - rb[None, :, :5]) ** 2).sum(-1)  # (K, K)
+    dist[ra[:, None, 5] != rb[None, :, 5]] = np.inf
+    order, free = np.empty(len(ra), np.int64), np.ones(len(rb), bool)
+    for i in range(len(ra)):
+        j = int(np.argmin(np.where(free, dist[i], np.inf)))
+        j = j if free[j] else int(np.flatnonzero(free)[0])  # no row of its class left: the first free one
+        order[i], free[j] = j, False
+    return rb[order].reshape(b.shape)
+
+
 def output_divergence(fp32: Runner, int8: Runner, ref_fn: PreprocessFn, images: list[Path], names: list[str],
-                      n: int = 16) -> dict:
-    """SQNR (dB) of the int8 outputs against the fp32 outputs on reference inputs, per output tensor."""
+                      n: int = 16, ranked: bool = False) -> dict:
+    """SQNR (dB) of the int8 outputs against the fp32 outputs on reference inputs, per output tensor.
+    `ranked`: the outputs are ranked detection rows (an adopted YOLO26, family yolo-e2e), paired by match_rows."""
     sig = {k: 0.0 for k in names}
     err = {k: 0.0 for k in names}
     for p in images[:n]:
         x = ref_fn(read_image(p))[0][None]
         for k, a, b in zip(names, fp32(x), int8(x), strict=True):
+            b = match_rows(a, b) if ranked else b
             sig[k] += float(np.sum(a.astype(np.float64) ** 2))
             err[k] += float(np.sum((a.astype(np.float64) - b) ** 2))
     return {k: (99.0 if err[k] == 0 else float(10 * np.log10(max(sig[k], 1e-12) / err[k]))) for k in names}

@@ -105,9 +105,11 @@ def gate_model(task: str, run: Path, limits: ModelLimits, split: str = "val", de
     rt_ref = predict_runtime(ev, rt, int8, dep_fn, post, preds) if rt is not None else None
     cells = att.score_cells(ev, preds, metric, labels)
     out_dir = (evidence_dir or rd.gate) / "worst" / task
+    ranked = fp32.contract.family == "yolo-e2e"  # ranked rows: compared row by matched row
     evidence = {
         "input_tensor": att.input_evidence(ref_fn, dep_fn, ev.images),
-        "output_sqnr_db": att.output_divergence(fp32.infer, int8.infer, ref_fn, ev.images, fp32.contract.outputs),
+        "output_sqnr_db": att.output_divergence(fp32.infer, int8.infer, ref_fn, ev.images, fp32.contract.outputs,
+                                                ranked=ranked),
         "worst_layers": att.top_sqnr_layers(fp32.path, int8.path, ev.images[:8], train_spec),
         "worst_images": att.save_worst(ev, preds, out_dir),
     }
@@ -116,7 +118,7 @@ def gate_model(task: str, run: Path, limits: ModelLimits, split: str = "val", de
                                                           evidence["worst_layers"])
     if rt is not None:
         evidence["runtime"] = {"runtime": rt.name, "model": rt.model.name, "output_sqnr_db": att.output_divergence(
-            rt_ref, rt.runner, dep_fn, ev.images, fp32.contract.outputs)}
+            rt_ref, rt.runner, dep_fn, ev.images, fp32.contract.outputs, ranked=ranked)}
     x, _ = ref_fn(read_image(ev.images[0]))
     one = {name: OrtModel(m.path, threads=1) for name, m in (("fp32", fp32), ("int8", int8))}
     lat = interleaved_latency({name: (lambda m=m: m.infer(x[None])) for name, m in one.items()}, warmup=5, repeats=50)

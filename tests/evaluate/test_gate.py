@@ -102,3 +102,18 @@ def test_a_bug_in_the_gate_is_a_traceback_not_could_not_run(tmp_path, tiny_run, 
 def test_shipped_gate_configs_load():
     cfg = load_gate_config(REPO / "configs/gate.yaml")
     assert cfg.detector.metric == "map50" and cfg.segmenter.max_quantization_drop == 0.03 and not cfg.skip
+
+
+def test_ranked_rows_are_compared_row_by_matched_row():
+    """Two runs of a YOLO26-style model whose near-tied rows swapped places: the same detections, so the
+    output SQNR must stay high; a moved box must still count."""
+    import numpy as np
+
+    from evaluate.attribution import match_rows
+
+    a = np.array([[[10, 10, 50, 50, 0.9, 1], [60, 60, 90, 90, 0.5001, 0], [5, 5, 9, 9, 0.5, 2]]], np.float32)
+    swapped = a[:, [0, 2, 1]]
+    np.testing.assert_array_equal(match_rows(a, swapped), a)
+    moved = swapped.copy()
+    moved[0, 1, :4] += 3  # the class-2 row, now second, moved by 3 px
+    assert np.abs(match_rows(a, moved) - a).max() == 3

@@ -71,7 +71,7 @@ def export_layout(tiny_run, family: str, path, names: list[str]):
     model = UltralyticsLayout(model_from_checkpoint(load_checkpoint(tiny_run / "detector" / "best.pt")),
                               family == "yolo-e2e").eval()
     torch.onnx.export(model, (torch.rand(1, 3, *SIZE),), path, input_names=["images"], output_names=["output0"],
-                      opset_version=17, dynamo=True, external_data=False, verbose=False)
+                      opset_version=18, dynamo=True, external_data=False, verbose=False)
     proto = onnx.load(path)
     for k, v in {"task": "detect", "imgsz": str(list(SIZE)), "names": str(dict(enumerate(names)))}.items():
         proto.metadata_props.add(key=k, value=v)  # as Ultralytics' exporter writes them
