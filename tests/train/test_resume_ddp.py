@@ -71,7 +71,8 @@ def test_resume_refuses_a_checkpoint_of_another_architecture(tiny_data, tmp_path
 @pytest.mark.skipif(sys.platform != "linux", reason="gloo test runs on Linux CI")
 def test_ddp_two_gloo_processes_end_with_equal_weights(tiny_data, tmp_path):
     cfg = _config(tiny_data, tmp_path, epochs=1)
-    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    # unbuffered, so each rank's digest line is one small write to the shared pipe whatever CI sets
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONUNBUFFERED": "1"}
     cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2", "-m", "train",
            "--config", cfg, "--out", str(tmp_path / "ddp"), "--task", "detector"]
     r = subprocess.run(cmd, cwd=REPO, capture_output=True, text=True, env=env, timeout=300)
