@@ -16,6 +16,7 @@ from deploy.errors import EdgeVisionError
 from deploy.preprocess import PreprocessSpec
 from train.assign import ASSIGNERS
 from train.losses import CLS_LOSSES
+from train.models import DECODERS
 
 
 class ConfigError(EdgeVisionError, ValueError):
@@ -29,6 +30,7 @@ class ModelConfig:
     channels: int = 64  # FPN-lite / decoder width
     head_convs: int = 2
     backbone_weights: str | None = None  # local torchvision ImageNet checkpoint; never downloaded
+    decoder: str | None = None  # segmenter only: concat (unset) | subpixel (train/models.py Segmenter)
 
 
 @dataclass
@@ -209,4 +211,13 @@ def load_config(path: str | Path) -> ExperimentConfig:
             if not 0.0 <= s.shift_p <= 1.0 or not 0 <= s.close_epochs <= s.epochs:
                 raise ConfigError(f"{path}: train.shift_p must be in [0, 1] and train.close_epochs in "
                                   f"[0, epochs]; got {s.shift_p} and {s.close_epochs}")
+    check_decoder(cfg, path)
     return cfg
+
+
+def check_decoder(cfg: ExperimentConfig, path: Path) -> None:
+    if cfg.detector is not None and cfg.detector.model.decoder is not None:
+        raise ConfigError(f"{path}: detector.model.decoder is a segmenter option; remove it")
+    if cfg.segmenter is not None and cfg.segmenter.model.decoder not in (None, *DECODERS):
+        raise ConfigError(f"{path}: segmenter.model.decoder must be one of {DECODERS}; "
+                          f"got {cfg.segmenter.model.decoder!r}")

@@ -198,8 +198,10 @@ def build_training(task: str, task_cfg: TaskConfig, cfg: ExperimentConfig, val_s
 def model_args(task_cfg: TaskConfig, num_classes: int) -> dict:
     """Our model's constructor arguments, as the checkpoint stores them."""
     m = task_cfg.model
+    decoder = {} if m.decoder is None else {"decoder": m.decoder}  # unset: not stored (older checkpoints match)
     return dict(num_classes=num_classes, backbone=m.backbone, width_mult=m.width_mult, channels=m.channels,
-                head_convs=m.head_convs, channel_order=task_cfg.channel_order, backbone_weights=m.backbone_weights)
+                head_convs=m.head_convs, channel_order=task_cfg.channel_order, backbone_weights=m.backbone_weights,
+                **decoder)
 
 
 def build_loader(task: str, train_set: Dataset, s: ScheduleConfig, rank: int,

@@ -10,7 +10,7 @@ from deploy.preprocess import PreprocessSpec
 from deploy.runtime import ModelLoadError, OrtModel
 from export.onnx_export import export_onnx, parity
 from export.quantize import output_convs, quantize_int8
-from train.models import Detector
+from train.models import Detector, Segmenter
 
 
 @pytest.fixture(scope="module")
@@ -198,3 +198,13 @@ def test_dynamic_batch_export_matches_torch_at_two_batch_sizes(tmp_path):
     inputs = [rng.integers(0, 256, (b, 3, 64, 96), dtype=np.uint8) for b in (1, 3)]
     assert parity(model, path, inputs) < 1e-4
     assert OrtModel(path).infer(inputs[1])[0].shape[0] == 3
+
+
+def test_subpixel_segmenter_exports_its_pixel_shuffle_and_matches_torch(tmp_path):
+    torch.manual_seed(0)
+    model = Segmenter(num_classes=2, channels=16, backbone="mobilenet_v3_small_minimal", decoder="subpixel").eval()
+    contract = Contract("segmenter", PreprocessSpec(input_size=(64, 96)), ["bg", "crack"], "h", ["logits"])
+    path = export_onnx(model, contract, tmp_path / "seg.onnx")
+    assert "DepthToSpace" in {n.op_type for n in onnx.load(path).graph.node}
+    inputs = [np.random.default_rng(0).integers(0, 256, (1, 3, 64, 96), dtype=np.uint8)]
+    assert parity(model, path, inputs) < 1e-4

@@ -38,3 +38,18 @@ def test_a_bad_preset_or_recipe_key_is_one_error_naming_its_file(tmp_path, tiny_
     with pytest.raises(ConfigError, match="assigner"):
         load_config(write(tmp_path, "c.yaml", {"name": "c", "data": str(tiny_data),
                                                "detector": {"loss": {"assigner": "atss"}}}))
+
+
+def test_the_segmenter_decoder_is_checked_and_stored_only_when_set(tmp_path, tiny_data):
+    from train.loop import model_args
+
+    def cfg(section, decoder):
+        return write(tmp_path, f"{section}-{decoder}.yaml", {"name": "c", "data": str(tiny_data),
+                                                            section: {"model": {"decoder": decoder}}})
+    with pytest.raises(ConfigError, match="detector.model.decoder is a segmenter option"):
+        load_config(cfg("detector", "subpixel"))
+    with pytest.raises(ConfigError, match="must be one of .*got 'shuffle'"):
+        load_config(cfg("segmenter", "shuffle"))
+    assert model_args(load_config(cfg("segmenter", "subpixel")).segmenter, 2)["decoder"] == "subpixel"
+    unset = load_config(write(tmp_path, "u.yaml", {"name": "c", "data": str(tiny_data), "segmenter": {}}))
+    assert "decoder" not in model_args(unset.segmenter, 2)  # older checkpoints' model_args still match

@@ -36,6 +36,28 @@ def test_segmenter_logits_at_stride_2_decode_as_the_in_graph_upsampling_did():
     np.testing.assert_allclose(logits_to_input(out.numpy(), lb), up[0].numpy(), atol=1e-5)
 
 
+@pytest.mark.parametrize("decoder", ["concat", "subpixel"])
+def test_segmenter_decoders_give_stride_2_logits(decoder):
+    m = Segmenter(num_classes=3, channels=16, decoder=decoder).eval()
+    with torch.no_grad():
+        assert m(torch.randint(0, 256, (2, 3, 96, 128), dtype=torch.uint8)).shape == (2, 3, 48, 64)
+
+
+def test_subpixel_decoder_puts_each_stride_4_location_in_its_own_2x2_block():
+    m = Segmenter(num_classes=2, channels=16, decoder="subpixel").eval()
+    with torch.no_grad():
+        m.classifier.weight.zero_()
+        m.classifier.bias.copy_(torch.arange(8.0))  # channel k * 4 + dy * 2 + dx: class k at offset (dy, dx)
+        out = m(torch.zeros(1, 3, 64, 64, dtype=torch.uint8))  # (1, 2, 32, 32)
+    block = out[0, :, 10:12, 6:8]  # any 2x2 block on the stride-4 grid
+    torch.testing.assert_close(block, torch.arange(8.0).view(2, 2, 2))
+
+
+def test_unknown_segmenter_decoder_is_refused():
+    with pytest.raises(ValueError, match="decoder 'pixelshuffle' is not one of"):
+        Segmenter(num_classes=2, decoder="pixelshuffle")
+
+
 def test_assignment_gives_every_box_positives_even_tiny_ones():
     pts, strides = Detector(num_classes=1, channels=16, head_convs=1).points((128, 128))
     gt = torch.tensor([[10.0, 10, 90, 90], [100, 100, 104, 104]])  # big, and smaller than a stride
