@@ -95,6 +95,12 @@ class Contract:
         """How the outputs decode: "edge-vision" (ours, and every segmenter), "yolo" or "yolo-e2e" (FAMILIES)."""
         return self.postprocess.get("family", "edge-vision")
 
+    @property
+    def ranked(self) -> bool:
+        """Outputs that are ranked top-K rows (YOLO26 end-to-end): near-tied rows swap between two runs, so they
+        are compared by accuracy or matched rows, never tensor to tensor."""
+        return self.family == "yolo-e2e"
+
     def check_outputs(self, shapes: dict[str, list], source: str) -> None:
         """The graph's output shapes (ints, or names/None for dynamic axes) against the class list: a model
         whose metadata names 3 classes but whose head has 80 channels is refused at load, not at frame 1."""

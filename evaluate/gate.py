@@ -105,7 +105,7 @@ def gate_model(task: str, run: Path, limits: ModelLimits, split: str = "val", de
     rt_ref = predict_runtime(ev, rt, int8, dep_fn, post, preds) if rt is not None else None
     cells = att.score_cells(ev, preds, metric, labels)
     out_dir = (evidence_dir or rd.gate) / "worst" / task
-    ranked = fp32.contract.family == "yolo-e2e"  # ranked rows: compared row by matched row
+    ranked = fp32.contract.ranked  # compared row by matched row
     evidence = {
         "input_tensor": att.input_evidence(ref_fn, dep_fn, ev.images),
         "output_sqnr_db": att.output_divergence(fp32.infer, int8.infer, ref_fn, ev.images, fp32.contract.outputs,

@@ -126,10 +126,14 @@ def export_fp32(task: str, ckpt_path: Path, out_dir: Path, dynamic_batch: bool) 
     if err > PARITY_TOL:
         fp32.unlink()  # a file that disagrees with its checkpoint must not be picked up downstream
         raise RuntimeError(f"{fp32}: ONNX Runtime differs from torch by {err:.2e} (> {PARITY_TOL}); not exported")
-    entry = {"model": task, "config_hash": contract.config_hash, "checkpoint": str(ckpt_path), "file": fp32.name,
-             "precision": "fp32", "target": FP32_TARGETS, "size_bytes": fp32.stat().st_size, "sha256": sha256(fp32),
-             "parity_max_rel_err": err}
-    return ckpt, fp32, contract, inputs, entry
+    return ckpt, fp32, contract, inputs, fp32_entry(fp32, contract, err, checkpoint=str(ckpt_path))
+
+
+def fp32_entry(fp32: Path, contract: Contract, parity_err: float, **origin: str) -> dict:
+    """The fp32 file's manifest entry; `origin`: checkpoint= or adopted= (the source file)."""
+    return {"model": contract.task, "config_hash": contract.config_hash, **origin, "file": fp32.name,
+            "precision": "fp32", "target": FP32_TARGETS, "size_bytes": fp32.stat().st_size, "sha256": sha256(fp32),
+            "parity_max_rel_err": parity_err}
 
 
 def adopted_fp32(task: str, run: RunDir) -> tuple[dict, Path, Contract, list[np.ndarray], dict]:
@@ -143,9 +147,8 @@ def adopted_fp32(task: str, run: RunDir) -> tuple[dict, Path, Contract, list[np.
     H, W = contract.preprocess.input_size
     real, _ = preprocess(read_image(training_images(record)[0]), contract.preprocess)
     inputs = [np.random.default_rng(0).integers(0, 256, (1, 3, H, W), dtype=np.uint8), real[None]]
-    entry = {"model": task, "config_hash": contract.config_hash, "adopted": record["source"], "file": fp32.name,
-             "precision": "fp32", "target": FP32_TARGETS, "size_bytes": fp32.stat().st_size, "sha256": sha256(fp32),
-             "parity_max_rel_err": record["parity_max_rel_err"]}  # vs the source file, measured by export.adopt
+    # parity: against the source file, as export.adopt measured it
+    entry = fp32_entry(fp32, contract, record["parity_max_rel_err"], adopted=record["source"])
     return record, fp32, contract, inputs, entry
 
 
@@ -173,9 +176,9 @@ def export_derived(ckpt: dict, fp32: Path, contract: Contract, inputs: list[np.n
         entries.append(entry)
         report.append(f"{int8.name} {file_mb(int8):.2f} MB ({entry['size_bytes'] / fp32.stat().st_size:.0%}, "
                       f"{acc['metric']} {acc['fp32']:.4f} -> {acc['int8']:.4f}{note})")
+    # ranked rows (YOLO26 end-to-end): FP16 rounding reorders near-tied rows, so accuracy, not tensors
+    ranked = (score, ex.int8_max_drop) if contract.ranked else None
     for src in (fp32, out_dir / Path(VARIANT_FILES[INT8_VARIANTS["tensorrt"]].format(task=task)).name):
-        # ranked rows (YOLO26 end-to-end): FP16 rounding reorders near-tied rows, so accuracy, not tensors
-        ranked = (score, ex.int8_max_drop) if contract.family == "yolo-e2e" else None
         half, half_err = export_fp16(src, inputs, fp32, ranked)
         key = "val_drop" if ranked else "parity_rel_l2"
         entries.append({**origin, "file": half.name, "precision": "int8" if "int8" in src.name else "fp16",
