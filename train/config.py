@@ -50,6 +50,7 @@ class ScheduleConfig:
     seed: int = 0
     cache_images: bool = True  # keep decoded training images in memory
     ema_decay: float = 0.999  # 0 disables the weight EMA
+    ema_tau: float = 500.0  # updates over which the EMA decay ramps up (train/ema.py)
     deterministic: bool = False  # torch deterministic algorithms (bit-exact --resume on CPU)
 
 

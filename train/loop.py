@@ -191,7 +191,7 @@ def build_training(task: str, task_cfg: TaskConfig, cfg: ExperimentConfig, val_s
     if task == "segmenter":
         meta["thin_classes"] = list(data.segmentation.thin_classes)
     return Training(task, task_cfg, spec, train_set, loader, sampler, gen, val, model, criterion,
-                    ModelEMA(model, s.ema_decay) if s.ema_decay > 0 else None, optimizer, scheduler,
+                    ModelEMA(model, s.ema_decay, s.ema_tau) if s.ema_decay > 0 else None, optimizer, scheduler,
                     torch.amp.GradScaler("cuda") if device.type == "cuda" else None, meta, post, device, rank, world)
 
 
