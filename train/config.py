@@ -63,6 +63,7 @@ class LossConfig:
     dice_weight: float = 1.0  # segmenter: soft Dice over non-background classes
     class_weights: list[float] | None = None  # segmenter: cross-entropy weight per class
     cldice_weight: float = 0.0  # segmenter: soft clDice (centreline) weight; 0 = off
+    lovasz_weight: float = 0.0  # segmenter: Lovasz-softmax (a convex surrogate of 1 - IoU) weight; 0 = off
 
 
 @dataclass

@@ -222,7 +222,8 @@ def build_criterion(task: str, task_cfg: TaskConfig, model: nn.Module, num_class
     if task == "detector":
         return DetectionLoss(*model.points(tuple(task_cfg.input_size)), num_classes, loss.box_weight,
                              loss.assigner, loss.cls_loss, loss.tal_topk)
-    return SegmentationLoss(num_classes, loss.dice_weight, loss.class_weights, loss.cldice_weight)
+    return SegmentationLoss(num_classes, loss.dice_weight, loss.class_weights, loss.cldice_weight,
+                            loss.lovasz_weight)
 
 
 def restore(tr: Training, path: Path) -> tuple[dict | None, list[dict], int]:

@@ -130,7 +130,7 @@ class SegmentationLoss(nn.Module):
     """
 
     def __init__(self, num_classes: int, dice_weight: float = 1.0, class_weights: list[float] | None = None,
-                 cldice_weight: float = 0.0):
+                 cldice_weight: float = 0.0, lovasz_weight: float = 0.0):
         super().__init__()
         w = torch.tensor(class_weights, dtype=torch.float32) if class_weights else torch.ones(num_classes)
         if w.numel() != num_classes:
@@ -139,6 +139,7 @@ class SegmentationLoss(nn.Module):
         self.num_classes = num_classes
         self.dice_weight = dice_weight
         self.cldice_weight = cldice_weight
+        self.lovasz_weight = lovasz_weight
 
     def forward(self, logits: torch.Tensor, target: torch.Tensor) -> dict:
         """logits (B, K, H, W) or at a stride of it (upsampled as deploy.postprocess does), target (B, H, W) long
@@ -157,11 +158,43 @@ class SegmentationLoss(nn.Module):
         dice = 1.0 - ((2 * inter + 1.0) / (denom + 1.0)).mean()
         out = {"loss": ce + self.dice_weight * dice, "ce": ce.detach(), "dice": dice.detach()}
         if self.cldice_weight:
-            p, t = prob[:, 1:], onehot[:, 1:].float()  # (B, K-1, H, W) foreground classes
-            sp, st = soft_skeleton(p), soft_skeleton(t)
-            tprec = ((sp * t).sum((0, 2, 3)) + 1.0) / (sp.sum((0, 2, 3)) + 1.0)
-            tsens = ((st * p).sum((0, 2, 3)) + 1.0) / (st.sum((0, 2, 3)) + 1.0)
-            cl = 1.0 - (2 * tprec * tsens / (tprec + tsens)).mean()
+            cl = cldice_loss(prob[:, 1:], onehot[:, 1:].float())
             out["loss"] = out["loss"] + self.cldice_weight * cl
             out["cldice"] = cl.detach()
+        if self.lovasz_weight:
+            lov = lovasz_loss(prob, target, valid[:, 0])
+            out["loss"] = out["loss"] + self.lovasz_weight * lov
+            out["lovasz"] = lov.detach()
         return out
+
+
+def cldice_loss(p: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
+    """1 - soft clDice, averaged over classes: p, t (B, K-1, H, W) foreground probabilities and one-hot truth."""
+    sp, st = soft_skeleton(p), soft_skeleton(t)
+    tprec = ((sp * t).sum((0, 2, 3)) + 1.0) / (sp.sum((0, 2, 3)) + 1.0)
+    tsens = ((st * p).sum((0, 2, 3)) + 1.0) / (st.sum((0, 2, 3)) + 1.0)
+    return 1.0 - (2 * tprec * tsens / (tprec + tsens)).mean()
+
+
+def lovasz_loss(prob: torch.Tensor, target: torch.Tensor, valid: torch.Tensor) -> torch.Tensor:
+    """Lovasz-softmax over the foreground classes present in the batch (the paper's default): prob (B, K, H, W),
+    target and valid (B, H, W); scored pixels only. 0 when no foreground class is present."""
+    p, t = prob.permute(0, 2, 3, 1)[valid], target[valid]  # (P, K), (P,)
+    present = [k for k in range(1, prob.shape[1]) if (t == k).any()]
+    if not present:
+        return prob.sum() * 0  # keeps the graph (and the dtype) of the other terms
+    return torch.stack([lovasz_jaccard(p[:, k], t == k) for k in present]).mean()
+
+
+def lovasz_jaccard(prob: torch.Tensor, fg: torch.Tensor) -> torch.Tensor:
+    """Lovasz-softmax term of one class (Berman et al. 2018): the Lovasz extension of the Jaccard loss 1 - IoU,
+    evaluated at the pixel errors |fg - prob|. prob (P,) in [0, 1], fg (P,) bool. Exactly 1 - IoU for 0/1 probs."""
+    fg = fg.float()
+    errors = (fg - prob).abs()
+    errors, order = errors.sort(descending=True)
+    fg = fg[order]
+    inter = fg.sum() - fg.cumsum(0)  # (P,) intersection left if the pixels up to i are predicted wrong
+    union = fg.sum() + (1 - fg).cumsum(0)
+    jaccard = 1 - inter / union.clamp(min=1.0)
+    grad = torch.cat([jaccard[:1], jaccard[1:] - jaccard[:-1]])  # (P,) marginal Jaccard loss of each error
+    return torch.dot(errors, grad)

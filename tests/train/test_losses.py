@@ -3,7 +3,7 @@ import math
 import pytest
 import torch
 
-from train.losses import DetectionLoss, quality_focal_loss, varifocal_loss
+from train.losses import DetectionLoss, SegmentationLoss, lovasz_jaccard, quality_focal_loss, varifocal_loss
 from train.models import Detector
 
 
@@ -50,3 +50,19 @@ def test_tal_positives_match_the_one_box_with_quality_in_0_1_and_unknown_assigne
     assert len(pos) > 0 and (match == 0).all() and ((quality >= 0) & (quality <= 1)).all()
     with pytest.raises(ValueError, match="assigner"):
         DetectionLoss(*m.points((64, 64)), 3, assigner="atss")
+
+
+def test_lovasz_is_one_minus_iou_for_hard_predictions_and_its_gradient_moves_towards_the_labels():
+    fg = torch.tensor([1, 1, 0, 0, 1, 0], dtype=torch.bool)
+    hard = torch.tensor([1.0, 0, 1, 0, 1, 0])  # 2 of the 4 pixels in the union agree: IoU 0.5
+    assert lovasz_jaccard(hard, fg).item() == pytest.approx(0.5)
+    assert lovasz_jaccard(fg.float(), fg).item() == 0.0
+    target = torch.zeros(1, 4, 4, dtype=torch.long)
+    target[0, 1] = 1  # a 1-px line
+    logits = torch.zeros(1, 2, 4, 4, requires_grad=True)
+    lov = lovasz_jaccard(logits.softmax(1)[0, 1].flatten(), target[0].flatten() == 1)
+    lov.backward()
+    g = logits.grad[0, 1] - logits.grad[0, 0]  # descent raises the line's logit margin, lowers the rest
+    assert lov.item() > 0 and (g[1] < 0).all() and (g[[0, 2, 3]] >= 0).all()
+    out = SegmentationLoss(2, dice_weight=0.0, lovasz_weight=1.0)(torch.zeros(1, 2, 4, 4), target)
+    assert out["lovasz"].item() == pytest.approx(lov.item())
