@@ -122,11 +122,12 @@ def soft_skeleton(x: torch.Tensor, iterations: int = 5) -> torch.Tensor:
 
 
 class SegmentationLoss(nn.Module):
-    """Cross-entropy + soft Dice + soft clDice over the non-background classes.
+    """Cross-entropy + soft Dice + soft clDice + Lovasz-softmax over the non-background classes.
 
     Computed in float32 from the logits (softmax / log-softmax inside cross_entropy), so it is stable when
     the forward pass ran in fp16 under AMP. clDice rewards getting each structure's centreline right, which
-    is what a 1-2 px wire needs; its weight is `loss.cldice_weight` in the config (0 turns it off).
+    is what a 1-2 px wire needs; Lovasz-softmax optimises a convex surrogate of the IoU itself. Their weights
+    are `loss.cldice_weight` and `loss.lovasz_weight` in the config (0 turns a term off, the default).
     """
 
     def __init__(self, num_classes: int, dice_weight: float = 1.0, class_weights: list[float] | None = None,
