@@ -210,9 +210,9 @@ def load_config(path: str | Path) -> ExperimentConfig:
             except ValueError as e:
                 raise ConfigError(f"{path}: {e}") from None
             s = task.train
-            if not 0.0 <= s.shift_p <= 1.0 or not 0 <= s.close_epochs <= s.epochs:
-                raise ConfigError(f"{path}: train.shift_p must be in [0, 1] and train.close_epochs in "
-                                  f"[0, epochs]; got {s.shift_p} and {s.close_epochs}")
+            if not 0.0 <= s.shift_p <= 1.0 or not 0 <= s.close_epochs <= s.epochs or s.ema_tau <= 0:
+                raise ConfigError(f"{path}: train.shift_p must be in [0, 1], train.close_epochs in [0, epochs] "
+                                  f"and train.ema_tau > 0; got {s.shift_p}, {s.close_epochs} and {s.ema_tau}")
     check_decoder(cfg, path)
     return cfg
 

@@ -38,6 +38,9 @@ def test_a_bad_preset_or_recipe_key_is_one_error_naming_its_file(tmp_path, tiny_
     with pytest.raises(ConfigError, match="assigner"):
         load_config(write(tmp_path, "c.yaml", {"name": "c", "data": str(tiny_data),
                                                "detector": {"loss": {"assigner": "atss"}}}))
+    with pytest.raises(ConfigError, match=r"c\.yaml.*train\.ema_tau > 0"):
+        load_config(write(tmp_path, "c.yaml", {"name": "c", "data": str(tiny_data),
+                                               "segmenter": {"train": {"ema_tau": 0}}}))
 
 
 def test_the_segmenter_decoder_is_checked_and_stored_only_when_set(tmp_path, tiny_data):

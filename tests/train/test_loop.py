@@ -26,7 +26,8 @@ def one_px_wires(root, split: str, count: int, seed: int) -> None:
         cv2.imwrite(str(root / "masks" / split / f"{i:03d}.png"), mask)
 
 
-def test_one_epoch_on_a_set_of_1px_structures_records_missing_metrics(tmp_path):
+def train_on_wires(tmp_path, train: dict | None = None, loss: dict | None = None):
+    """One epoch of the segmenter on 8 generated 1 px wire images -> the run folder."""
     root = tmp_path / "wires"
     one_px_wires(root, "train", 8, 0)
     one_px_wires(root, "val", 4, 1)
@@ -36,13 +37,30 @@ def test_one_epoch_on_a_set_of_1px_structures_records_missing_metrics(tmp_path):
         "splits": {s: {"images": f"images/{s}", "masks": f"masks/{s}"} for s in ("train", "val")}}}))
     exp = tmp_path / "exp.yaml"
     exp.write_text(yaml.safe_dump({"name": "wires", "data": str(data), "segmenter": {
-        "input_size": [64, 80], "model": {"channels": 16},
-        "train": {"epochs": 1, "batch_size": 4, "warmup_iters": 1}}}))
+        "input_size": [64, 80], "model": {"channels": 16}, "loss": loss or {},
+        "train": {"epochs": 1, "batch_size": 4, "warmup_iters": 1, **(train or {})}}}))
     run = tmp_path / "run"
     assert train_main(["--config", str(exp), "--out", str(run)]) == 0
+    return run
+
+
+def test_one_epoch_on_a_set_of_1px_structures_records_missing_metrics(tmp_path):
+    run = train_on_wires(tmp_path)
     metrics = load_checkpoint(run / "segmenter" / "best.pt")["metrics"]
     assert metrics["recall_3_4px"] is None and metrics["recall_1px"] is not None  # no 3-4 px truth at all
     with open(run / "segmenter" / "log.csv") as f:
         row = next(csv.DictReader(f))
     assert row["recall_3_4px"] == "" and row["recall_1px"] != ""  # missing, not 0 and not "None"
     assert list((run / "segmenter" / "tb").iterdir())  # the TensorBoard writer took the row
+
+
+def test_the_lovasz_weight_and_the_ema_ramp_reach_training(tmp_path):
+    # ema_tau 1e-3: the decay is at its 0.999 from the first update, so the EMA copy keeps its BatchNorm
+    # statistics near their start (0) while the trained model's move; the default ramp (500) would follow it
+    run = train_on_wires(tmp_path, train={"ema_decay": 0.999, "ema_tau": 1e-3}, loss={"lovasz_weight": 1.0})
+    with open(run / "segmenter" / "log.csv") as f:
+        assert float(next(csv.DictReader(f))["lovasz"]) > 0
+    last = load_checkpoint(run / "segmenter" / "last.pt")
+    key = next(k for k in last["state_dict"] if k.endswith("running_mean"))
+    ema, trained = last["state_dict"][key].abs().sum(), last["train_state"]["model"][key].abs().sum()
+    assert trained > 0 and ema < 0.01 * trained

@@ -66,3 +66,4 @@ def test_lovasz_is_one_minus_iou_for_hard_predictions_and_its_gradient_moves_tow
     assert lov.item() > 0 and (g[1] < 0).all() and (g[[0, 2, 3]] >= 0).all()
     out = SegmentationLoss(2, dice_weight=0.0, lovasz_weight=1.0)(torch.zeros(1, 2, 4, 4), target)
     assert out["lovasz"].item() == pytest.approx(lov.item())
+    assert out["loss"].item() == pytest.approx(out["ce"].item() + lov.item())  # the term is in the loss
