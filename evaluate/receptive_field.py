@@ -27,6 +27,7 @@ from datasets.config import DatasetError
 from deploy.preprocess import compute_letterbox
 from train.checkpoint import load_checkpoint
 from train.config import ConfigError, load_config
+from train.loop import model_args
 from train.models import Detector, build_model
 
 
@@ -123,8 +124,7 @@ def main(argv: list[str] | None = None) -> int:
             ck = load_checkpoint(args.checkpoint)
             model = build_model("detector", {**ck["model_args"], "backbone_weights": None})
         else:
-            model = Detector(num_classes=1, backbone=t.model.backbone, width_mult=t.model.width_mult,
-                             channels=t.model.channels, head_convs=t.model.head_convs)
+            model = build_model("detector", {**model_args(t, 1), "backbone_weights": None})
         sizes = box_sizes(cfg)
         rows, warnings = report(receptive_fields(model), sizes)
     except (ConfigError, DatasetError, ValueError) as e:

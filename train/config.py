@@ -31,6 +31,7 @@ class ModelConfig:
     head_convs: int = 2
     backbone_weights: str | None = None  # local torchvision ImageNet checkpoint; never downloaded
     decoder: str | None = None  # segmenter only: concat (unset) | subpixel (train/models.py Segmenter)
+    fused_blocks: int = 0  # leading backbone blocks built as Fused-MBConv (train/models.py FusedInvertedResidual)
 
 
 @dataclass
@@ -213,6 +214,10 @@ def load_config(path: str | Path) -> ExperimentConfig:
             if not 0.0 <= s.shift_p <= 1.0 or not 0 <= s.close_epochs <= s.epochs or s.ema_tau <= 0:
                 raise ConfigError(f"{path}: train.shift_p must be in [0, 1], train.close_epochs in [0, epochs] "
                                   f"and train.ema_tau > 0; got {s.shift_p}, {s.close_epochs} and {s.ema_tau}")
+            m = task.model
+            if m.fused_blocks < 0 or (m.fused_blocks and not m.backbone.endswith("_minimal")):
+                raise ConfigError(f"{path}: model.fused_blocks must be >= 0 and needs a *_minimal backbone; "
+                                  f"got {m.fused_blocks} with {m.backbone}")
     check_decoder(cfg, path)
     return cfg
 

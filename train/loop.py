@@ -198,10 +198,11 @@ def build_training(task: str, task_cfg: TaskConfig, cfg: ExperimentConfig, val_s
 def model_args(task_cfg: TaskConfig, num_classes: int) -> dict:
     """Our model's constructor arguments, as the checkpoint stores them."""
     m = task_cfg.model
-    decoder = {} if m.decoder is None else {"decoder": m.decoder}  # unset: not stored (older checkpoints match)
+    # unset options are not stored, so older checkpoints' arguments match
+    optional = {k: v for k, v in (("decoder", m.decoder), ("fused_blocks", m.fused_blocks)) if v}
     return dict(num_classes=num_classes, backbone=m.backbone, width_mult=m.width_mult, channels=m.channels,
                 head_convs=m.head_convs, channel_order=task_cfg.channel_order, backbone_weights=m.backbone_weights,
-                **decoder)
+                **optional)
 
 
 def build_loader(task: str, train_set: Dataset, s: ScheduleConfig, rank: int,

@@ -62,11 +62,14 @@ def softplus(x: torch.Tensor) -> torch.Tensor:
 class MobileNetV3Backbone(nn.Module):
     """torchvision MobileNetV3 `features`, split into stages that end at the requested strides."""
 
-    def __init__(self, arch: str, width_mult: float, out_strides: tuple[int, ...], weights: str | None = None):
+    def __init__(self, arch: str, width_mult: float, out_strides: tuple[int, ...], weights: str | None = None,
+                 fused_blocks: int = 0):
         super().__init__()
         if arch not in BACKBONES:
             raise ValueError(f"backbone {arch!r} is not one of {BACKBONES}")
         minimal = arch.endswith("_minimal")
+        if fused_blocks and not minimal:
+            raise ValueError(f"fused_blocks is for the _minimal backbones (ReLU, no SE); {arch!r} is not one")
         setting, last_channel = _mobilenet_v3_conf(arch.removesuffix("_minimal"), width_mult=width_mult)
         if minimal:  # quantization-friendly: ReLU everywhere, no squeeze-excitation
             for cnf in setting:
@@ -75,6 +78,11 @@ class MobileNetV3Backbone(nn.Module):
                 # 88 -> 96, 120 -> 128 for the small variant; measured 100 -> 40 us for the 88-channel one)
                 cnf.expanded_channels = -(-cnf.expanded_channels // 16) * 16
         features = MobileNetV3(setting, last_channel).features
+        if not 0 <= fused_blocks <= len(setting):
+            raise ValueError(f"fused_blocks must be 0..{len(setting)} for {arch}; got {fused_blocks}")
+        for i, cnf in enumerate(setting[:fused_blocks]):
+            features[i + 1] = FusedInvertedResidual(cnf.input_channels, cnf.expanded_channels, cnf.out_channels,
+                                                    cnf.kernel, cnf.stride)
         in_channels = UnitInput.out_channels if minimal else 3
         if minimal:
             _hardswish_to_relu(features)  # the stem and last conv are built with Hardswish regardless
@@ -115,6 +123,28 @@ class MobileNetV3Backbone(nn.Module):
             x = stage(x)
             feats.append(x)
         return feats
+
+
+class FusedInvertedResidual(nn.Module):
+    """Fused-MBConv (EfficientNetV2; MobileNetV4's FusedIB): a full kxk conv + BN + ReLU, then a 1x1 projection
+    + BN, in place of expand 1x1 + depthwise kxk + project 1x1, at half the block's expansion (rounded up to 16
+    channels). Why try it: ONNX Runtime's int8 depthwise convolutions are no faster than its fp32 ones on x86,
+    its int8 full convolutions are; what it gave is in the README (detector recipe, CrackForest, Layer by layer).
+    """
+
+    def __init__(self, cin: int, expanded: int, cout: int, kernel: int, stride: int):
+        super().__init__()
+        mid = max(16, -(-expanded // 32) * 16)
+        self.block = nn.Sequential(conv_bn_relu(cin, mid, kernel, stride),
+                                   nn.Conv2d(mid, cout, 1, bias=False), nn.BatchNorm2d(cout))
+        self.use_res_connect = stride == 1 and cin == cout
+        for m in self.modules():
+            if isinstance(m, nn.Conv2d):
+                nn.init.kaiming_normal_(m.weight, mode="fan_out")  # torchvision's MobileNetV3 init
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        y = self.block(x)
+        return x + y if self.use_res_connect else y
 
 
 def _hardswish_to_relu(module: nn.Module) -> None:
@@ -172,11 +202,11 @@ class Detector(nn.Module):
 
     def __init__(self, num_classes: int, backbone: str = "mobilenet_v3_small", width_mult: float = 1.0,
                  channels: int = 64, head_convs: int = 2, channel_order: str = "RGB",
-                 backbone_weights: str | None = None):
+                 backbone_weights: str | None = None, fused_blocks: int = 0):
         super().__init__()
         self.num_classes = num_classes
         self.normalize = build_input(backbone, channel_order)
-        self.backbone = MobileNetV3Backbone(backbone, width_mult, self.strides, backbone_weights)
+        self.backbone = MobileNetV3Backbone(backbone, width_mult, self.strides, backbone_weights, fused_blocks)
         self.fpn = FPNLite(self.backbone.out_channels, channels)
         self.cls_tower = nn.Sequential(*[dw_sep(channels, channels) for _ in range(head_convs)])
         self.reg_tower = nn.Sequential(*[dw_sep(channels, channels) for _ in range(head_convs)])
@@ -188,25 +218,28 @@ class Detector(nn.Module):
     def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """x (B, 3, H, W) uint8 -> cls_logits (B, N, C), boxes (B, N, 4) xyxy in input pixels."""
         feats = self.fpn(self.backbone(self.normalize(x)))
-        logits, boxes = [], []
-        for f, s in zip(feats, self.strides, strict=True):
-            b, _, h, w = f.shape
-            cls = self.cls_out(self.cls_tower(f))  # (B, C, h, w)
-            dist = softplus(self.reg_out(self.reg_tower(f))) * s  # (B, 4, h, w) l, t, r, b in pixels
-            pts = level_points(h, w, s, f.device)  # (h*w, 2)
-            dist = dist.flatten(2).transpose(1, 2)  # (B, h*w, 4)
-            boxes.append(torch.cat([pts - dist[..., :2], pts + dist[..., 2:]], dim=-1))
-            logits.append(cls.flatten(2).transpose(1, 2))  # (B, h*w, C)
-        return torch.cat(logits, 1), torch.cat(boxes, 1)
+        # levels joined channels-last, then one box decode: ONNX Runtime folds the permute into its NHWC int8 and
+        # blocked fp32 layouts, so the graph has no per-level transposes or decodes (README, "Layer by layer")
+        cls = torch.cat([_channels_last(self.cls_out(self.cls_tower(f))) for f in feats], 1)  # (B, N, C)
+        reg = torch.cat([_channels_last(self.reg_out(self.reg_tower(f))) for f in feats], 1)  # (B, N, 4)
+        pts, strides = self.points(x.shape[-2:], x.device)  # (N, 2), (N,)
+        dist = softplus(reg) * strides[:, None]  # (B, N, 4) l, t, r, b in pixels
+        return cls, torch.cat([pts - dist[..., :2], pts + dist[..., 2:]], dim=-1)
 
-    def points(self, input_hw: tuple[int, int]) -> tuple[torch.Tensor, torch.Tensor]:
-        """Centres (N, 2) and strides (N,) of all output locations, in forward()'s order."""
+    def points(self, input_hw: tuple[int, int], device: torch.device | None = None
+               ) -> tuple[torch.Tensor, torch.Tensor]:
+        """Centres (N, 2) and strides (N,) of all output locations, in forward()'s order (on `device`, or CPU)."""
+        device = device or torch.device("cpu")
         pts, strides = [], []
         for s in self.strides:
             h, w = -(-input_hw[0] // s), -(-input_hw[1] // s)
-            pts.append(level_points(h, w, s, torch.device("cpu")))
-            strides.append(torch.full((h * w,), float(s)))
+            pts.append(level_points(h, w, s, device))
+            strides.append(torch.full((h * w,), float(s), device=device))
         return torch.cat(pts), torch.cat(strides)
+
+
+def _channels_last(y: torch.Tensor) -> torch.Tensor:
+    return y.permute(0, 2, 3, 1).flatten(1, 2)  # (B, K, h, w) -> (B, h*w, K)
 
 
 def level_points(h: int, w: int, stride: int, device: torch.device) -> torch.Tensor:
@@ -227,14 +260,14 @@ class Segmenter(nn.Module):
 
     def __init__(self, num_classes: int, backbone: str = "mobilenet_v3_small", width_mult: float = 1.0,
                  channels: int = 64, head_convs: int = 1, channel_order: str = "RGB",
-                 backbone_weights: str | None = None, decoder: str = "concat"):
+                 backbone_weights: str | None = None, decoder: str = "concat", fused_blocks: int = 0):
         super().__init__()
         if decoder not in DECODERS:
             raise ValueError(f"segmenter decoder {decoder!r} is not one of {DECODERS}")
         self.num_classes = num_classes
         self.decoder = decoder
         self.normalize = build_input(backbone, channel_order)
-        self.backbone = MobileNetV3Backbone(backbone, width_mult, (2, 4, 8, 16), backbone_weights)
+        self.backbone = MobileNetV3Backbone(backbone, width_mult, (2, 4, 8, 16), backbone_weights, fused_blocks)
         c2, c4, c8, c16 = self.backbone.out_channels
         c = channels
         self.context = conv_bn_relu(c16, c, 1)  # LR-ASPP: 1x1 branch gated by global context

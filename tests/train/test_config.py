@@ -56,3 +56,17 @@ def test_the_segmenter_decoder_is_checked_and_stored_only_when_set(tmp_path, tin
     assert model_args(load_config(cfg("segmenter", "subpixel")).segmenter, 2)["decoder"] == "subpixel"
     unset = load_config(write(tmp_path, "u.yaml", {"name": "c", "data": str(tiny_data), "segmenter": {}}))
     assert "decoder" not in model_args(unset.segmenter, 2)  # older checkpoints' model_args still match
+
+
+def test_fused_blocks_are_checked_and_stored_only_when_set(tmp_path, tiny_data):
+    from train.loop import model_args
+
+    def cfg(model):
+        return write(tmp_path, "f.yaml", {"name": "c", "data": str(tiny_data), "detector": {"model": model}})
+    with pytest.raises(ConfigError, match=r"f\.yaml.*fused_blocks .*_minimal backbone.*got 2 with mobilenet_v3_small$"):
+        load_config(cfg({"backbone": "mobilenet_v3_small", "fused_blocks": 2}))
+    with pytest.raises(ConfigError, match="fused_blocks must be >= 0"):
+        load_config(cfg({"backbone": "mobilenet_v3_small_minimal", "fused_blocks": -1}))
+    fused = load_config(cfg({"backbone": "mobilenet_v3_small_minimal", "fused_blocks": 3}))
+    assert model_args(fused.detector, 2)["fused_blocks"] == 3
+    assert "fused_blocks" not in model_args(load_config(cfg({})).detector, 2)  # older checkpoints still match

@@ -21,6 +21,26 @@ def test_detector_takes_uint8_and_returns_points_in_forward_order():
     assert strides[0] == 8 and strides[-1] == 32
 
 
+def test_detector_decodes_every_level_at_each_location_in_channels_last_order():
+    m = Detector(num_classes=3, channels=16, head_convs=1).eval()
+    x = torch.randint(0, 256, (2, 3, 96, 130), dtype=torch.uint8)  # 130: levels of 17, 9 and 5 columns
+    with torch.no_grad():
+        logits, boxes = m(x)
+        feats = m.fpn(m.backbone(m.normalize(x)))
+    i = 0
+    for f, s in zip(feats, m.strides, strict=True):  # level by level, location (y, x) at row-major index
+        y, xx = f.shape[2] - 1, f.shape[3] // 2
+        k = i + y * f.shape[3] + xx
+        with torch.no_grad():
+            cls = m.cls_out(m.cls_tower(f))[:, :, y, xx]
+            dist = torch.nn.functional.softplus(m.reg_out(m.reg_tower(f))[:, :, y, xx]) * s  # (B, 4)
+        centre = torch.tensor([(xx + 0.5) * s, (y + 0.5) * s])
+        torch.testing.assert_close(logits[:, k], cls)
+        torch.testing.assert_close(boxes[:, k], torch.cat([centre - dist[:, :2], centre + dist[:, 2:]], 1))
+        i += f.shape[2] * f.shape[3]
+    assert i == logits.shape[1] == boxes.shape[1]
+
+
 def test_segmenter_logits_at_stride_2_decode_as_the_in_graph_upsampling_did():
     import torch.nn.functional as F
 
@@ -102,6 +122,29 @@ def test_minimal_variant_is_laid_out_for_fast_int8_kernels():
     x = torch.randint(0, 256, (1, 3, 64, 64), dtype=torch.uint8)
     unit = m.normalize(x)
     assert unit.shape == (1, 4, 64, 64) and torch.equal((unit[:, :3] * 255).round(), x.float()) and not unit[:, 3].any()
+
+
+@pytest.mark.parametrize("task", [Detector, Segmenter])
+def test_fused_blocks_replace_the_leading_depthwise_blocks_with_full_convs(task):
+    from train.models import FusedInvertedResidual
+
+    def depthwise(m):
+        return [c for c in m.backbone.modules() if isinstance(c, torch.nn.Conv2d) and c.groups > 1]
+
+    plain = task(num_classes=2, backbone="mobilenet_v3_small_minimal", channels=16).eval()
+    fused = task(num_classes=2, backbone="mobilenet_v3_small_minimal", channels=16, fused_blocks=3).eval()
+    blocks = [b for b in fused.backbone.modules() if isinstance(b, FusedInvertedResidual)]
+    assert len(blocks) == 3 and len(depthwise(fused)) == len(depthwise(plain)) - 3
+    first = blocks[1].block[0][0]  # stride-2 16 -> 24 block: a full 3x3 conv at half its 80-channel expansion
+    assert (first.kernel_size, first.stride, first.groups, first.out_channels) == ((3, 3), (2, 2), 1, 48)
+    assert [b.use_res_connect for b in blocks] == [False, False, True]  # the stride-1 24 -> 24 block adds
+    assert fused.backbone.out_channels == plain.backbone.out_channels
+    x = torch.randint(0, 256, (1, 3, 64, 96), dtype=torch.uint8)
+    def shapes(out):
+        return [t.shape for t in (out if isinstance(out, tuple) else (out,))]
+    assert shapes(fused(x)) == shapes(plain(x))
+    with pytest.raises(ValueError, match="_minimal backbones"):
+        task(num_classes=2, backbone="mobilenet_v3_small", fused_blocks=1)
 
 
 def test_softplus_matches_torch():
