@@ -135,9 +135,14 @@ def test_fused_blocks_replace_the_leading_depthwise_blocks_with_full_convs(task)
     fused = task(num_classes=2, backbone="mobilenet_v3_small_minimal", channels=16, fused_blocks=3).eval()
     blocks = [b for b in fused.backbone.modules() if isinstance(b, FusedInvertedResidual)]
     assert len(blocks) == 3 and len(depthwise(fused)) == len(depthwise(plain)) - 3
-    first = blocks[1].block[0][0]  # stride-2 16 -> 24 block: a full 3x3 conv at half its 80-channel expansion
-    assert (first.kernel_size, first.stride, first.groups, first.out_channels) == ((3, 3), (2, 2), 1, 48)
+    conv = blocks[1].block[0][0]  # stride-2 16 -> 24 block: a full 3x3 conv at half its 80-channel expansion
+    assert (conv.kernel_size, conv.stride, conv.groups, conv.out_channels) == ((3, 3), (2, 2), 1, 48)
     assert [b.use_res_connect for b in blocks] == [False, False, True]  # the stride-1 24 -> 24 block adds
+    with torch.no_grad():
+        blocks[2].block[2].weight.zero_()  # its projection's BN outputs 0: the block is its skip connection
+        blocks[2].block[2].bias.zero_()
+        z = torch.randn(1, 24, 8, 8)
+        assert torch.equal(blocks[2](z), z)
     assert fused.backbone.out_channels == plain.backbone.out_channels
     x = torch.randint(0, 256, (1, 3, 64, 96), dtype=torch.uint8)
     def shapes(out):
