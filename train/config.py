@@ -53,6 +53,8 @@ class ScheduleConfig:
     ema_decay: float = 0.999  # 0 disables the weight EMA
     ema_tau: float = 500.0  # updates over which the EMA decay ramps up (train/ema.py)
     deterministic: bool = False  # torch deterministic algorithms (bit-exact --resume on CPU)
+    crop: list[int] | None = None  # segmenter: train on [h, w] windows of the input-size samples (train/data.py)
+    crop_fg: float = 0.5  # fraction of those windows placed around a foreground pixel (class-balanced crops)
 
 
 @dataclass
@@ -219,7 +221,21 @@ def load_config(path: str | Path) -> ExperimentConfig:
                 raise ConfigError(f"{path}: model.fused_blocks must be >= 0 and needs a *_minimal backbone; "
                                   f"got {m.fused_blocks} with {m.backbone}")
     check_decoder(cfg, path)
+    check_crop(cfg, path)
     return cfg
+
+
+def check_crop(cfg: ExperimentConfig, path: Path) -> None:
+    if cfg.detector is not None and cfg.detector.train.crop is not None:
+        raise ConfigError(f"{path}: detector.train.crop is a segmenter option (boxes are not cropped); remove it")
+    s = cfg.segmenter.train if cfg.segmenter is not None else None
+    if s is None or s.crop is None:
+        return
+    h_w = tuple(cfg.segmenter.input_size)
+    if len(s.crop) != 2 or not all(0 < c <= m for c, m in zip(s.crop, h_w, strict=True)) \
+            or not 0.0 <= s.crop_fg <= 1.0:
+        raise ConfigError(f"{path}: segmenter.train.crop must be [h, w] within {list(h_w)}, the input size, and "
+                          f"train.crop_fg in [0, 1]; got {s.crop} and {s.crop_fg}")
 
 
 def check_decoder(cfg: ExperimentConfig, path: Path) -> None:

@@ -27,7 +27,7 @@ from deploy.preprocess import PreprocessSpec, preprocess
 from train import distributed
 from train.checkpoint import CheckpointError, check_compatible, load_checkpoint, save_checkpoint, torch_runner
 from train.config import ConfigError, ExperimentConfig, ScheduleConfig, TaskConfig
-from train.data import build_dataset, detection_collate, drift_reference
+from train.data import build_dataset, detection_collate, drift_reference, image_paths
 from train.ema import ModelEMA
 from train.losses import DetectionLoss, SegmentationLoss
 from train.models import build_model, count_params
@@ -176,7 +176,8 @@ def build_training(task: str, task_cfg: TaskConfig, cfg: ExperimentConfig, val_s
         name = type(model).__name__ if args is None else f"{task_cfg.model.backbone} x{task_cfg.model.width_mult}"
         print(f"{task}: {name}, {params / 1e6:.2f} M parameters, {gflops:.2f} GFLOPs at "
               f"{spec.input_size[0]}x{spec.input_size[1]}, {model_latency_ms(model, spec.input_size):.1f} ms on one "
-              f"CPU thread (torch), {len(train_set)} train / {len(val)} {val_split} images"
+              f"CPU thread (torch), {len(image_paths(train_set))} train / {len(val)} {val_split} images"
+              + (f", {len(train_set)} crops of {s.crop[0]}x{s.crop[1]} an epoch" if s.crop else "")
               + (f", {world} processes" if world > 1 else ""), flush=True)
     loader, sampler, gen = build_loader(task, train_set, s, rank, world)
     criterion = (criterion or build_criterion(task, task_cfg, model, len(names))).to(device)
@@ -269,8 +270,7 @@ def start_epoch(tr: Training, epoch: int, start: int) -> None:
             reset = ", optimizer moments reset" if epoch == switch else ""
             print(f"  epochs {epoch}-{s.epochs}: augment {plain_augment!r} (shift, mosaic and scale presets off"
                   f"{reset})", flush=True)
-    if getattr(tr.train_set, "augment", None) is not None:
-        tr.train_set.augment.set_random_seed(s.seed * 1000 + epoch + 7919 * tr.rank)
+    tr.train_set.set_random_seed(s.seed * 1000 + epoch + 7919 * tr.rank)
 
 
 def end_epoch(tr: Training, out_dir: Path, epoch: int, losses: dict, best: dict | None, rows: list[dict],

@@ -70,3 +70,15 @@ def test_fused_blocks_are_checked_and_stored_only_when_set(tmp_path, tiny_data):
     fused = load_config(cfg({"backbone": "mobilenet_v3_small_minimal", "fused_blocks": 3}))
     assert model_args(fused.detector, 2)["fused_blocks"] == 3
     assert "fused_blocks" not in model_args(load_config(cfg({})).detector, 2)  # older checkpoints still match
+
+
+def test_crops_are_a_segmenter_option_within_the_input_size(tmp_path, tiny_data):
+    def cfg(section, train):
+        return write(tmp_path, "k.yaml", {"name": "c", "data": str(tiny_data),
+                                          section: {"input_size": [160, 240], "train": train}})
+    with pytest.raises(ConfigError, match=r"k\.yaml: detector\.train\.crop is a segmenter option"):
+        load_config(cfg("detector", {"crop": [64, 64]}))
+    for bad in ({"crop": [64, 320]}, {"crop": [64]}, {"crop": [0, 64]}, {"crop": [64, 64], "crop_fg": 1.5}):
+        with pytest.raises(ConfigError, match=r"k\.yaml: segmenter\.train\.crop must be \[h, w\] within \[160, 240\]"):
+            load_config(cfg("segmenter", bad))
+    assert load_config(cfg("segmenter", {"crop": [64, 96]})).segmenter.train.crop == [64, 96]

@@ -1,4 +1,5 @@
 import numpy as np
+import torch
 
 from datasets.config import load_dataset_config
 from deploy.preprocess import PreprocessSpec, read_image
@@ -43,3 +44,29 @@ def test_boxes_follow_the_letterbox(tiny_data):
     rec = ds.coco.records[0]
     _, t = ds[0]
     np.testing.assert_allclose(t["boxes"].numpy(), rec.boxes + np.array([0, 40, 0, 40], np.float32))
+
+
+def test_balanced_crops_are_exact_windows_replayed_from_the_seed(tiny_data):
+    """Crops are cut from the input-size sample (no resampling of 1 px lines), an epoch of them covers as
+    many pixels as the whole samples, crop_fg=1 puts foreground in every window, and (seed, index) fixes
+    each window, so a resumed epoch replays them."""
+    data = load_dataset_config(tiny_data)
+    spec = PreprocessSpec(input_size=(160, 240))
+    whole = SegmentationDataset(data, "train", spec)
+    ds = SegmentationDataset(data, "train", spec, crop=(40, 60), crop_fg=1.0)
+    assert len(ds) == 16 * len(whole)
+    ds.set_random_seed(5)
+    windows = [ds[i] for i in range(len(ds))]
+    assert all(x.shape == (3, 40, 60) and m.shape == (40, 60) and ((m > 0) & (m != 255)).any() for x, m in windows)
+    for i in (0, 13, 50, 191):
+        x, m = windows[i]
+        full = whole[i % len(whole)][0].numpy()
+        views = np.lib.stride_tricks.sliding_window_view(full, (3, 40, 60))[0]  # (121, 181, 3, 40, 60)
+        assert (views == x.numpy()).all(axis=(2, 3, 4)).any(), f"crop {i} is not a window of its sample"
+    assert all(torch.equal(ds[i][1], windows[i][1]) for i in (0, 7, 31))
+    ds.set_random_seed(6)
+    assert not all(torch.equal(ds[i][1], windows[i][1]) for i in range(8))
+    uniform = SegmentationDataset(data, "train", spec, crop=(40, 60), crop_fg=0.0)
+    uniform.set_random_seed(5)
+    fg_share = np.mean([float(((m > 0) & (m != 255)).float().mean()) for _, m in (uniform[i] for i in range(96))])
+    assert fg_share < np.mean([float(((m > 0) & (m != 255)).float().mean()) for _, m in windows[:96]])

@@ -4,6 +4,7 @@ import csv
 
 import cv2
 import numpy as np
+import torch
 import yaml
 
 from train.__main__ import main as train_main
@@ -64,3 +65,20 @@ def test_the_lovasz_weight_and_the_ema_ramp_reach_training(tmp_path):
     key = next(k for k in last["state_dict"] if k.endswith("running_mean"))
     ema, trained = last["state_dict"][key].abs().sum(), last["train_state"]["model"][key].abs().sum()
     assert trained > 0 and ema < 0.01 * trained
+
+
+def test_crops_reach_training_and_each_epoch_draws_its_own(tmp_path, capsys):
+    from train.config import load_config
+    from train.loop import build_training, start_epoch
+
+    train_on_wires(tmp_path, train={"crop": [32, 48]})  # 64x80 samples: 3 windows of 32x48 per image
+    assert "8 train / 4 val images, 24 crops of 32x48 an epoch" in capsys.readouterr().out
+    cfg = load_config(tmp_path / "exp.yaml")
+    tr = build_training("segmenter", cfg.segmenter, cfg)
+    windows = []
+    for epoch in (1, 2, 1):
+        start_epoch(tr, epoch, 1)
+        windows.append([tr.train_set[i][1] for i in range(6)])
+    assert all(a.shape == (32, 48) for a in windows[0])
+    assert all(torch.equal(a, b) for a, b in zip(windows[0], windows[2], strict=True))  # (seed, epoch) replays
+    assert not all(torch.equal(a, b) for a, b in zip(windows[0], windows[1], strict=True))
