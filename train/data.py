@@ -179,5 +179,6 @@ def build_dataset(task: str, data: DatasetConfig, split: str, spec: PreprocessSp
     if task == "detector":
         return DetectionDataset(data, split, spec, augment, s.cache_images)
     elif task == "segmenter":
-        return SegmentationDataset(data, split, spec, augment, s.cache_images, s.crop and tuple(s.crop), s.crop_fg)
+        return SegmentationDataset(data, split, spec, augment, s.cache_images,
+                                   tuple(s.crop) if s.crop else None, s.crop_fg)
     raise ValueError(f"unknown task {task!r}")
