@@ -1,5 +1,7 @@
 """Model presets and the recipe keys of the experiment config."""
 
+import dataclasses
+
 import pytest
 import yaml
 
@@ -23,8 +25,9 @@ def test_a_preset_fills_the_section_and_the_section_overrides_it_key_by_key(tmp_
 
 def test_the_shipped_presets_load_and_the_s_model_is_wider(tmp_path, tiny_data):
     scales = {k: load_config(write(tmp_path, f"{k}.yaml", {"name": k, "data": str(tiny_data), "detector": {
-        "preset": f"configs/models/detector-{k}.yaml"}})).detector.model for k in ("n", "s")}
+        "preset": f"configs/models/detector-{k}.yaml"}})).detector.model for k in ("n", "s", "s-fused")}
     assert scales["s"].channels > scales["n"].channels
+    assert scales["s-fused"] == dataclasses.replace(scales["s"], fused_blocks=3)  # the s model, fused blocks only
     assert all(m.channels % 16 == 0 and m.backbone.endswith("_minimal") for m in scales.values())  # INT8-friendly
 
 
