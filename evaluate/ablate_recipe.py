@@ -1,14 +1,15 @@
 """python -m evaluate.ablate_recipe --config configs/ablate-recipe.yaml --out runs/ablate-recipe [--seeds N]
 
 What each part of the detector recipe gives: trains one detector per arm of the ablation file, each arm the
-base experiment's `detector:` section with the arm's keys on top (same data, epochs, schedule and seed),
-scores each on val through the deploy pre/post-processing, times each distinct model with ONNX Runtime
-(fp32, batch 1, 1 and 2 threads, alternating rounds) and writes <out>/results.json:
+base experiment's `detector:` section with the file's and then the arm's keys on top (same data, epochs,
+schedule and seed), scores each on val through the deploy pre/post-processing, times each distinct model
+with ONNX Runtime (fp32, batch 1, 1 and 2 threads, alternating rounds) and writes <out>/results.json:
   {"arms": {name: {"map", "map50", "latency_ms": {"1t", "2t"}, "params", "gflops", "seconds",
                    "per_seed": [...]}}, "setup": {...}}
 The ablation file (configs/ablate-recipe.yaml):
   base: configs/demo.yaml        # experiment config whose detector the arms change
   data: configs/data/X.yaml      # optional: train and score on this dataset instead of the base's
+  detector: {preset: ...}        # optional: keys on top of the base's detector for every arm (below the arm's)
   arms: {name: {loss: {assigner: tal}, train: {augment: flip+mosaic}, ...}, ...}
 Each arm's full config is written to <out>/<arm>/config.yaml; `--reuse` keeps an arm already trained from
 the same config.
@@ -46,16 +47,19 @@ def merge(base: dict, change: dict) -> dict:
 def arm_configs(path: Path, out: Path) -> dict[str, Path]:
     """Write each arm's experiment config to <out>/<arm>/config.yaml (validated by load_config) -> paths."""
     spec = read_yaml(path, ConfigError, "ablation file")
-    if not isinstance(spec, dict) or set(spec) - {"data"} != {"base", "arms"} or not isinstance(spec["arms"], dict):
+    if not isinstance(spec, dict) or set(spec) - {"data", "detector"} != {"base", "arms"} \
+            or not isinstance(spec["arms"], dict) or not isinstance(spec.get("detector", {}), dict):
         raise ConfigError(f"{path}: an ablation file has `base:` (an experiment config), `arms:` (name -> "
-                          "detector keys) and optionally `data:` (a dataset config)")
+                          "detector keys) and optionally `data:` (a dataset config) and `detector:` (keys for "
+                          "every arm)")
     base = read_yaml(Path(spec["base"]), ConfigError, "base config")
     if not isinstance(base, dict) or not isinstance(base.get("detector"), dict):
         raise ConfigError(f"{spec['base']}: the base config needs a `detector:` section")
+    common = merge(base["detector"], spec.get("detector", {}))
     paths = {}
     for name, change in spec["arms"].items():
         raw = {**base, "name": f"{base.get('name', 'ablate')}-{name}", "data": spec.get("data", base.get("data")),
-               "detector": merge(base["detector"], change or {})}
+               "detector": merge(common, change or {})}
         raw.pop("segmenter", None)
         arm_dir = out / name
         arm_dir.mkdir(parents=True, exist_ok=True)

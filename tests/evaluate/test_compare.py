@@ -73,6 +73,10 @@ def test_ablation_arms_are_the_base_detector_with_their_keys_on_top(tiny_config,
     assert plain.segmenter is None and tal.detector.loss.assigner == "tal"
     assert tal.detector.train.augment == "flip+mosaic" and tal.detector.train.epochs == plain.detector.train.epochs
     assert tal.detector.model == plain.detector.model
+    spec.write_text(yaml.safe_dump({"base": str(tiny_config), "detector": {"train": {"epochs": 3}},
+                                    "arms": {"plain": {}, "longer": {"train": {"epochs": 5}}}}))
+    paths = arm_configs(spec, tmp_path / "out")  # the file's detector keys sit under every arm's own
+    assert [load_config(paths[k]).detector.train.epochs for k in ("plain", "longer")] == [3, 5]
     spec.write_text(yaml.safe_dump({"base": str(tiny_config), "arms": {"typo": {"loss": {"asigner": "tal"}}}}))
     with pytest.raises(ConfigError, match="arm 'typo'.*asigner"):
         arm_configs(spec, tmp_path / "out")
