@@ -30,7 +30,7 @@ class ModelConfig:
     channels: int = 64  # FPN-lite / decoder width
     head_convs: int = 2
     backbone_weights: str | None = None  # local torchvision ImageNet checkpoint; never downloaded
-    decoder: str | None = None  # segmenter only: concat (unset) | subpixel (train/models.py Segmenter)
+    decoder: str | None = None  # segmenter only: concat (unset) | subpixel | subpixel8 (train/models.py Segmenter)
     fused_blocks: int = 0  # leading backbone blocks built as Fused-MBConv (train/models.py FusedInvertedResidual)
 
 

@@ -172,7 +172,8 @@ def load_backbone_weights(features: nn.Sequential, path: str) -> None:
 
 
 def conv_bn_relu(cin: int, cout: int, k: int = 1, stride: int = 1, groups: int = 1) -> nn.Sequential:
-    conv = nn.Conv2d(cin, cout, k, stride, (k - 1) // 2, groups=groups, bias=False)  # k=2: no padding (space-to-depth)
+    pad = 0 if k == stride else (k - 1) // 2  # k == stride: no padding (space-to-depth)
+    conv = nn.Conv2d(cin, cout, k, stride, pad, groups=groups, bias=False)
     return nn.Sequential(conv, nn.BatchNorm2d(cout), nn.ReLU(inplace=True))
 
 
@@ -252,7 +253,8 @@ def level_points(h: int, w: int, stride: int, device: torch.device) -> torch.Ten
 class Segmenter(nn.Module):
     """LR-ASPP-style context head at stride 16 + detail branches at strides 8, 4 and 2; logits at stride 2.
     `decoder`: "concat" joins each upsampled stage to its skip feature by concatenation and refines the stride-2
-    stage; "subpixel" adds projected skips and predicts the stride-2 logits at stride 4 (pixel shuffle).
+    stage; "subpixel" adds projected skips and predicts the stride-2 logits at stride 4 (pixel shuffle);
+    "subpixel8" adds every skip at stride 8 and predicts the stride-2 logits there (4x4 pixel shuffle).
 
     The last 2x bilinear upsampling is deploy.postprocess.logits_to_input's (and the loss's): in the graph,
     ONNX Runtime ran it on K channels padded to 16 at full resolution, the fp32 model's slowest node.
@@ -269,24 +271,31 @@ class Segmenter(nn.Module):
         self.normalize = build_input(backbone, channel_order)
         self.backbone = MobileNetV3Backbone(backbone, width_mult, (2, 4, 8, 16), backbone_weights, fused_blocks)
         c2, c4, c8, c16 = self.backbone.out_channels
-        c = channels
+        c, blocks = channels, max(1, head_convs)
         self.context = conv_bn_relu(c16, c, 1)  # LR-ASPP: 1x1 branch gated by global context
         self.gate = nn.Sequential(nn.AdaptiveAvgPool2d(1), nn.Conv2d(c16, c, 1), nn.Sigmoid())
         if decoder == "concat":
             self.fuse8 = dw_sep(c + c8, c)
             self.fuse4 = dw_sep(c + c4, c // 2)
-            self.fuse2 = nn.Sequential(*[dw_sep(c // 2 + c2 if i == 0 else c // 2, c // 2)
-                                         for i in range(max(1, head_convs))])
+            self.fuse2 = nn.Sequential(*[dw_sep(c // 2 + c2 if i == 0 else c // 2, c // 2) for i in range(blocks)])
             self.classifier = nn.Conv2d(c // 2, num_classes, 1)
-            return
-        # subpixel: skips projected and added (QLinearAdd in INT8, not a concat); the stride-2 feature joins at
-        # stride 4 (2x2 stride-2 conv: space-to-depth + 1x1) and the classifier predicts each 2x2 block's four
-        # stride-2 logits, put in place by a pixel shuffle: no decoder work at stride 2
-        self.skip8, self.skip4 = conv_bn_relu(c8, c, 1), conv_bn_relu(c4, c, 1)
-        self.fuse8 = dw_sep(c, c)
-        self.skip2 = conv_bn_relu(c2, c, 2, stride=2)  # (the order the README's CrackForest runs initialised in)
-        self.fuse4 = nn.Sequential(*[dw_sep(c, c) for _ in range(max(1, head_convs))])
-        self.classifier = nn.Conv2d(c, num_classes * 4, 1)
+        elif decoder == "subpixel":
+            # skips projected and added (QLinearAdd in INT8, not a concat); the stride-2 feature joins at stride 4
+            # (2x2 stride-2 conv: space-to-depth + 1x1) and the classifier predicts each 2x2 block's four stride-2
+            # logits, put in place by a pixel shuffle: no decoder work at stride 2
+            self.skip8, self.skip4 = conv_bn_relu(c8, c, 1), conv_bn_relu(c4, c, 1)
+            self.fuse8 = dw_sep(c, c)
+            self.skip2 = conv_bn_relu(c2, c, 2, stride=2)  # (the order the README's CrackForest runs initialised in)
+            self.fuse4 = nn.Sequential(*[dw_sep(c, c) for _ in range(blocks)])
+            self.classifier = nn.Conv2d(c, num_classes * 4, 1)
+        else:
+            # subpixel8: the stride-4 and stride-2 features join at stride 8 by space-to-depth convs, so nothing
+            # runs at stride 4: no upsampling there (a float Resize in the INT8 file) and no depthwise convs at
+            # 4x the area (INT8 no faster than fp32); each 4x4 block's 16 stride-2 logits come from its cell
+            self.skip8, self.skip4 = conv_bn_relu(c8, c, 1), conv_bn_relu(c4, c, 2, stride=2)
+            self.skip2 = conv_bn_relu(c2, c, 4, stride=4)
+            self.fuse8 = nn.Sequential(*[dw_sep(c, c) for _ in range(1 + blocks)])
+            self.classifier = nn.Conv2d(c, num_classes * 16, 1)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         """x (B, 3, H, W) uint8 -> logits (B, K, H/2, W/2)."""
@@ -297,12 +306,15 @@ class Segmenter(nn.Module):
             y = self.fuse4(torch.cat([_up(y, f4), f4], 1))  # (B, C/2, H/4, W/4)
             y = self.fuse2(torch.cat([_up(y, f2), f2], 1))  # (B, C/2, H/2, W/2)
             return self.classifier(y)  # (B, K, H/2, W/2)
+        if self.decoder == "subpixel8":
+            y = self.fuse8(_up(y, f8) + self.skip8(f8) + self.skip4(f4) + self.skip2(f2))  # (B, C, H/8, W/8)
+            return F.pixel_shuffle(self.classifier(y), 4)  # (B, 16K, H/8, W/8) -> (B, K, H/2, W/2)
         y = self.fuse8(_up(y, f8) + self.skip8(f8))  # (B, C, H/8, W/8)
         y = self.fuse4(_up(y, f4) + self.skip4(f4) + self.skip2(f2))  # (B, C, H/4, W/4)
         return F.pixel_shuffle(self.classifier(y), 2)  # (B, 4K, H/4, W/4) -> (B, K, H/2, W/2)
 
 
-DECODERS = ("concat", "subpixel")
+DECODERS = ("concat", "subpixel", "subpixel8")
 
 
 def _up(y: torch.Tensor, like: torch.Tensor) -> torch.Tensor:

@@ -5,7 +5,7 @@ import torch
 from train.assign import assign_fcos
 from train.checkpoint import CheckpointError, load_checkpoint, model_from_checkpoint, save_checkpoint
 from train.losses import SegmentationLoss
-from train.models import Detector, Segmenter
+from train.models import Detector, Segmenter, conv_bn_relu
 
 
 def test_detector_takes_uint8_and_returns_points_in_forward_order():
@@ -56,21 +56,34 @@ def test_segmenter_logits_at_stride_2_decode_as_the_in_graph_upsampling_did():
     np.testing.assert_allclose(logits_to_input(out.numpy(), lb), up[0].numpy(), atol=1e-5)
 
 
-@pytest.mark.parametrize("decoder", ["concat", "subpixel"])
+@pytest.mark.parametrize("decoder", ["concat", "subpixel", "subpixel8"])
 def test_segmenter_decoders_give_stride_2_logits(decoder):
     m = Segmenter(num_classes=3, channels=16, decoder=decoder).eval()
     with torch.no_grad():
         assert m(torch.randint(0, 256, (2, 3, 96, 128), dtype=torch.uint8)).shape == (2, 3, 48, 64)
 
 
-def test_subpixel_decoder_puts_each_stride_4_location_in_its_own_2x2_block():
-    m = Segmenter(num_classes=2, channels=16, decoder="subpixel").eval()
+@pytest.mark.parametrize("decoder, r", [("subpixel", 2), ("subpixel8", 4)])
+def test_subpixel_decoders_put_each_location_in_its_own_block(decoder, r):
+    m = Segmenter(num_classes=2, channels=16, decoder=decoder).eval()
     with torch.no_grad():
         m.classifier.weight.zero_()
-        m.classifier.bias.copy_(torch.arange(8.0))  # channel k * 4 + dy * 2 + dx: class k at offset (dy, dx)
+        m.classifier.bias.copy_(torch.arange(2.0 * r * r))  # channel k * r * r + dy * r + dx: class k at (dy, dx)
         out = m(torch.zeros(1, 3, 64, 64, dtype=torch.uint8))  # (1, 2, 32, 32)
-    block = out[0, :, 10:12, 6:8]  # any 2x2 block on the stride-4 grid
-    torch.testing.assert_close(block, torch.arange(8.0).view(2, 2, 2))
+    block = out[0, :, 3 * r:4 * r, 2 * r:3 * r]  # any r x r block on the stride-2r grid
+    torch.testing.assert_close(block, torch.arange(2.0 * r * r).view(2, r, r))
+
+
+@pytest.mark.parametrize("k", [2, 4])
+def test_space_to_depth_convs_tile_the_input_without_overlap(k):
+    conv = conv_bn_relu(1, 1, k, stride=k)[0]
+    torch.nn.init.ones_(conv.weight)
+    for i, j in [(0, 0), (k - 1, k), (2 * k - 1, 2 * k - 1), (3 * k - 1, 0)]:
+        x = torch.zeros(1, 1, 4 * k, 4 * k)
+        x[0, 0, i, j] = 1
+        with torch.no_grad():
+            out = conv(x)[0, 0]  # (4, 4): one cell per k x k window
+        assert out.shape == (4, 4) and out[i // k, j // k] == 1 and out.sum() == 1
 
 
 def test_unknown_segmenter_decoder_is_refused():
