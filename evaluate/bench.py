@@ -91,31 +91,20 @@ def _runner(model: OrtModel, x: np.ndarray) -> Callable[[], object]:
 
 
 def interleaved_latency(runners: dict[str, Callable[[], object]], warmup: int, repeats: int,
-                        rounds: int = 20) -> dict[str, dict]:
-    """latency_ms of several variants measured in many short alternating rounds, so a noisy neighbour or a
-    clock change hits all of them alike; each variant's stats keep its per-round medians for `interleaved_speedup`."""
+                        rounds: int = 5) -> dict[str, dict]:
+    """latency_ms of several variants measured in alternating rounds, so a noisy neighbour or a clock
+    change hits all of them alike and their ratios stay comparable (the speed-ups are such ratios)."""
     samples: dict[str, list[float]] = {k: [] for k in runners}
-    round_p50: dict[str, list[float]] = {k: [] for k in runners}
     per_round = max(1, repeats // rounds)
     for _ in range(rounds):
         for name, fn in runners.items():
             for _ in range(warmup if not samples[name] else 2):
                 fn()
-            times = []
             for _ in range(per_round):
                 t0 = time.perf_counter()
                 fn()
-                times.append((time.perf_counter() - t0) * 1e3)
-            samples[name] += times
-            round_p50[name].append(float(np.median(times)))
-    return {name: {**latency_stats(t), "round_p50": round_p50[name]} for name, t in samples.items()}
-
-
-def interleaved_speedup(latency: dict[str, dict], base: str, variant: str) -> float:
-    """How many times faster `variant` runs than `base`, from one interleaved_latency call: the median of the
-    per-round ratios, so a burst of load that falls on one variant's turn moves one ratio, not the result."""
-    ratios = np.asarray(latency[base]["round_p50"]) / np.asarray(latency[variant]["round_p50"])
-    return float(np.median(ratios))
+                samples[name].append((time.perf_counter() - t0) * 1e3)
+    return {name: latency_stats(t) for name, t in samples.items()}
 
 
 def onnx_variants(task: str, run: RunDir) -> list[tuple[str, Path]]:
@@ -167,7 +156,7 @@ def bench_model(task: str, run: Path, split: str, warmup: int, repeats: int, lim
         agree = ev.score_predictions(preds[variant], reference=preds["fp32"])
         out[variant]["agreement"] = agree["map50"] if task == "detector" else agree["miou"]
         for t in out[variant]["latency_ms"]:
-            out[variant][f"speedup_{t}"] = interleaved_speedup(lat[t], "fp32", variant)
+            out[variant][f"speedup_{t}"] = out["fp32"]["latency_ms"][t]["p50"] / out[variant]["latency_ms"][t]["p50"]
         out[variant]["size_ratio"] = out[variant]["size_mb"] / out["fp32"]["size_mb"]
     return out
 
