@@ -287,7 +287,7 @@ class Segmenter(nn.Module):
             self.fuse8 = dw_sep(c, c)
             self.skip2 = conv_bn_relu(c2, c, 2, stride=2)  # (the order the README's CrackForest runs initialised in)
             self.fuse4 = nn.Sequential(*[dw_sep(c, c) for _ in range(blocks)])
-            self.classifier = nn.Conv2d(c, num_classes * 4, 1)
+            self.upscale = 2  # logits of each 2x2 block, predicted at stride 4
         else:
             # subpixel8: the stride-4 and stride-2 features join at stride 8 by space-to-depth convs, so nothing
             # runs at stride 4: no upsampling there (a float Resize in the INT8 file) and no depthwise convs at
@@ -295,7 +295,9 @@ class Segmenter(nn.Module):
             self.skip8, self.skip4 = conv_bn_relu(c8, c, 1), conv_bn_relu(c4, c, 2, stride=2)
             self.skip2 = conv_bn_relu(c2, c, 4, stride=4)
             self.fuse8 = nn.Sequential(*[dw_sep(c, c) for _ in range(1 + blocks)])
-            self.classifier = nn.Conv2d(c, num_classes * 16, 1)
+            self.upscale = 4  # logits of each 4x4 block, predicted at stride 8
+        if decoder != "concat":  # created last in every decoder (the seeded README runs' initialisation order)
+            self.classifier = nn.Conv2d(c, num_classes * self.upscale ** 2, 1)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         """x (B, 3, H, W) uint8 -> logits (B, K, H/2, W/2)."""
@@ -308,10 +310,11 @@ class Segmenter(nn.Module):
             return self.classifier(y)  # (B, K, H/2, W/2)
         if self.decoder == "subpixel8":
             y = self.fuse8(_up(y, f8) + self.skip8(f8) + self.skip4(f4) + self.skip2(f2))  # (B, C, H/8, W/8)
-            return F.pixel_shuffle(self.classifier(y), 4)  # (B, 16K, H/8, W/8) -> (B, K, H/2, W/2)
-        y = self.fuse8(_up(y, f8) + self.skip8(f8))  # (B, C, H/8, W/8)
-        y = self.fuse4(_up(y, f4) + self.skip4(f4) + self.skip2(f2))  # (B, C, H/4, W/4)
-        return F.pixel_shuffle(self.classifier(y), 2)  # (B, 4K, H/4, W/4) -> (B, K, H/2, W/2)
+        else:
+            y = self.fuse8(_up(y, f8) + self.skip8(f8))  # (B, C, H/8, W/8)
+            y = self.fuse4(_up(y, f4) + self.skip4(f4) + self.skip2(f2))  # (B, C, H/4, W/4)
+        r = self.upscale
+        return F.pixel_shuffle(self.classifier(y), r)  # (B, r*r*K, H/2r, W/2r) -> (B, K, H/2, W/2)
 
 
 DECODERS = ("concat", "subpixel", "subpixel8")
