@@ -16,7 +16,7 @@ DOCKERFILES := docker/cpu/Dockerfile docker/deploy-cpu/Dockerfile docker/jetson/
 IMAGE_TAG ?= 0.1.0
 
 .DEFAULT_GOAL := help
-.PHONY: help setup data check-data train export bench gate gate-selftest demo test lint clean distclean compare-ssdlite \
+.PHONY: help setup qemu data check-data train export bench gate gate-selftest kernels demo test lint clean distclean compare-ssdlite \
 	compare-lraspp compare-yolo ablate-recipe train-seg thin-diagnose receptive-field robustness ablate-shift \
 	docker-cpu docker-deploy docker-jetson
 
@@ -30,6 +30,13 @@ $(STAMP): requirements.txt pyproject.toml
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install --quiet -r requirements.txt
 	touch $(STAMP)
+
+# QEMU user-mode emulation runs this .venv under other CPUs' integer kernels (deploy/emulate.py). Installed from
+# Debian's packages where we are root with apt-get; elsewhere the checks that need it skip and say why.
+qemu: ## install qemu-user-static (Debian, as root) for the kernel-class checks, when missing
+	@command -v qemu-x86_64-static >/dev/null || { [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null && \
+	  (apt-get update -qq && apt-get install -y -qq qemu-user-static >/dev/null) || \
+	  echo "qemu: qemu-user-static not installed; emulated CPU classes will be skipped"; }
 
 data: setup ## generate the synthetic dataset named by the config (skipped when already there)
 	$(PY) -m datasets generate --config $(CONFIG)
@@ -49,7 +56,10 @@ bench: setup ## accuracy, latency, memory of every variant -> $(RUN)/bench/repor
 gate: setup ## 2x2 attribution (preprocessing x quantization) against $(GATE) -> $(RUN)/gate/; exit 1 on failure
 	$(PY) -m evaluate.gate --run $(RUN) --config $(GATE) $(GATE_ARGS)
 
-gate-selftest: setup ## inject preprocessing, quantization and runtime faults; the gate must blame each on its stage, 3 runs alike
+kernels: setup qemu ## INT8 accuracy per CPU kernel class: exact, this CPU, x86 AVX2 / SSE4 under QEMU -> $(RUN)/kernels/
+	$(PY) -m evaluate.kernels --run $(RUN)
+
+gate-selftest: setup qemu ## inject preprocessing, quantization and runtime faults; the gate must blame each on its stage, 3 runs alike
 	$(PY) -m evaluate.gate_selftest --config configs/gate-selftest.yaml --out runs/gate-selftest --fresh --runs 3
 
 demo: setup ## data + train + export + bench + gate on the synthetic dataset, small settings
@@ -88,7 +98,7 @@ lint: setup ## ruff over the code, hadolint over the Dockerfiles (fails on any f
 	$(PY) -m ruff check .
 	$(VENV)/bin/hadolint --failure-threshold warning $(DOCKERFILES)
 
-test: setup ## lint, the test suite, then the gate self-test
+test: setup qemu ## lint, the test suite, then the gate self-test
 	$(MAKE) --no-print-directory lint
 	$(PY) -m pytest
 	$(MAKE) --no-print-directory gate-selftest

@@ -32,10 +32,11 @@ import numpy as np
 import onnxruntime as ort
 
 from deploy.atomic import write_atomic
-from deploy.capture import save_capture
+from deploy.capture import save_capture, save_hardware
 from deploy.contract import ContractError
 from deploy.drift import DriftMonitor
 from deploy.errors import EdgeVisionError
+from deploy.hardware import fingerprint, kernel_mismatch
 from deploy.health import add_arguments as health_args
 from deploy.health import health
 from deploy.options import check_paths, frame_size, number
@@ -114,7 +115,17 @@ def load_models(args):
     seg = load_model(args.seg, args) if args.seg else None
     if det.task != "detector" or (seg is not None and seg.task != "segmenter"):
         raise ContractError("--model takes a detector and --seg a segmenter (see each file's edge_vision.task)")
+    warn_kernels([m for m in (det, seg) if isinstance(m, OrtModel) and args.ep == "cpu"])
     return det, seg
+
+
+def warn_kernels(models: list[OrtModel]) -> None:
+    """Once per file at start: an INT8 file whose weights this CPU's integer kernels saturate (deploy.hardware)."""
+    kernels = fingerprint()["kernel_class"]
+    for m in models:
+        why = kernel_mismatch(m.contract.kernels, kernels) if m.contract.precision == "int8" else None
+        if why:
+            print(f"warning: {m.path}: this CPU runs {kernels} kernels; the file was {why}", file=sys.stderr)
 
 
 def drift_monitor(det, seg, window: int = 100, threshold: float | None = None) -> DriftMonitor | None:
@@ -235,6 +246,8 @@ def run(args: argparse.Namespace) -> int:
     out = open(part, "w") if part else sys.stdout
     annotate_dir = Path(args.annotate) if args.annotate else None
     capture = Path(args.capture) if args.capture else None
+    if capture is not None:  # the kernels that computed the recorded outputs, for the gate's runtime factor
+        save_hardware(capture, fingerprint(args.threads))
     latencies: dict[str, list[float]] = {}
     done, t_start, last_beat, rc, finished = 0, time.perf_counter(), 0.0, 0, False
     drifting, drift_frames, drift_max = False, 0, None

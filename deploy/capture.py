@@ -12,6 +12,7 @@ only.
 from __future__ import annotations
 
 import dataclasses
+import json
 from pathlib import Path
 
 import cv2
@@ -45,6 +46,22 @@ def save_capture(folder: str | Path, frame_id: str, frame: np.ndarray, tensor: n
             recorded["model"] = np.array(str(model))
         np.savez(f, tensor=np.ascontiguousarray(tensor), letterbox=np.array(
             [getattr(lb, k) for k in LETTERBOX_FIELDS], dtype=np.float64), **recorded)
+
+
+def save_hardware(folder: str | Path, hardware: dict) -> None:
+    """The capturing machine's fingerprint (deploy.hardware), once per capture folder: hardware.json."""
+    folder = Path(folder)
+    folder.mkdir(parents=True, exist_ok=True)
+    write_atomic(folder / "hardware.json", json.dumps(hardware, indent=2))
+
+
+def load_hardware(folder: str | Path) -> dict | None:
+    """The fingerprint save_hardware wrote, or None (older captures, or a broken file: the kernels unknown)."""
+    try:
+        hw = json.loads((Path(folder) / "hardware.json").read_text())
+    except (OSError, ValueError):
+        return None
+    return hw if isinstance(hw, dict) else None
 
 
 def load_capture(npz_path: str | Path) -> tuple[np.ndarray, Letterbox]:

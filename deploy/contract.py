@@ -39,6 +39,7 @@ class Contract:
     postprocess: dict = field(default_factory=dict)  # e.g. {"conf_thres": .., "iou_thres": ..}
     output_shapes: dict = field(default_factory=dict)  # name -> shape, "batch" where the axis is dynamic
     drift: dict = field(default_factory=dict)  # training-set input statistics (deploy.drift); {} if none
+    kernels: str = ""  # INT8: the kernel class the file was made for (deploy.hardware; "portable": every CPU)
 
     def to_metadata(self) -> dict[str, str]:
         values = {
@@ -51,6 +52,8 @@ class Contract:
             "postprocess": json.dumps(self.postprocess, sort_keys=True),
             "output_shapes": json.dumps(self.output_shapes),
         }
+        if self.kernels:
+            values["kernels"] = self.kernels
         if self.drift:
             values["drift"] = json.dumps(self.drift, separators=(",", ":"))
         return {PREFIX + k: v for k, v in values.items()}
@@ -88,6 +91,7 @@ class Contract:
             postprocess=post,
             output_shapes=shapes,
             drift=drift,
+            kernels=meta.get(PREFIX + "kernels", ""),
         )
 
     @property

@@ -23,9 +23,12 @@ EXECUTION_PROVIDERS = {"cpu": ["CPUExecutionProvider"],  # --ep name -> ONNX Run
                        "tensorrt": ["TensorrtExecutionProvider", "CUDAExecutionProvider", "CPUExecutionProvider"]}
 
 
-def session_options(threads: int | None) -> ort.SessionOptions:
+def session_options(threads: int | None, exact: bool = False) -> ort.SessionOptions:
+    """`exact`: no graph optimisation, so an INT8 QDQ file runs as written (DequantizeLinear -> float op ->
+    QuantizeLinear), the same on every CPU: the reference the gate holds the integer kernels against."""
     so = ort.SessionOptions()
-    so.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
+    so.graph_optimization_level = (ort.GraphOptimizationLevel.ORT_DISABLE_ALL if exact
+                                   else ort.GraphOptimizationLevel.ORT_ENABLE_ALL)
     so.intra_op_num_threads = threads or os.cpu_count() or 1
     so.inter_op_num_threads = 1
     so.log_severity_level = 3  # warnings about unused initialisers etc. are noise on devices
@@ -64,13 +67,15 @@ class ContractModel:
 class OrtModel(ContractModel):
     """One exported model (detector or segmenter) behind ONNX Runtime, configured by its own metadata."""
 
-    def __init__(self, path: str | Path, threads: int | None = None, providers: list[str] | None = None):
+    def __init__(self, path: str | Path, threads: int | None = None, providers: list[str] | None = None,
+                 exact: bool = False):
         self.path = Path(path)
+        self.exact = exact
         if not self.path.is_file():
             raise ModelLoadError(f"{self.path}: no such model file; run `make export` or check the path")
         try:
             self.session = ort.InferenceSession(
-                str(self.path), session_options(threads), providers=providers or ["CPUExecutionProvider"]
+                str(self.path), session_options(threads, exact), providers=providers or ["CPUExecutionProvider"]
             )
         except Exception as e:  # ORT raises its own Fail/InvalidProtobuf types
             first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__

@@ -1,12 +1,15 @@
 """The gate's evidence: the 2x2 of (reference | deployed preprocessing) x (fp32 | int8), with or without labels,
-and a third factor, the runtime, measured after it.
+and a third factor, the runtime, measured after it. INT8 in the 2x2 means exact QDQ semantics (ONNX Runtime
+with no graph optimisation: DequantizeLinear -> float op -> QuantizeLinear), which no CPU changes, so the
+quantization term is the quantization's own error.
 
   quantization  = ref/fp32 - ref/int8      same input tensors, different precision
   preprocessing = ref/fp32 - dep/fp32      same model, different input tensors
   interaction   = (ref/fp32 - dep/int8) - quantization - preprocessing
   runtime       = runtime/reference - runtime/deployed    same model file, same (deployed) input tensors,
-                  ONNX Runtime on CPU vs the deployed runtime (another ORT setting or EP, the .ort file, a
-                  TensorRT engine, a hook, or the outputs a device recorded); 0 when none is given
+                  exact QDQ semantics vs the deployed runtime (this machine's ONNX Runtime CPU kernels by
+                  default; another ORT setting or EP, another CPU's kernels under QEMU, the .ort file, a
+                  TensorRT engine, a hook, or the outputs a device recorded)
 The decomposition is sequential: the 2x2 holds the runtime fixed at the reference, and the runtime term is
 measured on the deployed cell's inputs, so deployed accuracy = ref/fp32 - quantization - preprocessing -
 interaction - runtime exactly when the runtime's model file is the gate's INT8 file.

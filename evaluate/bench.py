@@ -24,6 +24,7 @@ import torch
 
 from datasets.config import DatasetError
 from datasets.metrics import PRIMARY, EvalSet
+from deploy.hardware import describe, fingerprint
 from deploy.preprocess import PreprocessSpec, preprocess, read_image
 from deploy.runtime import OrtModel
 from evaluate.plots import plot_pareto, plot_pr
@@ -193,9 +194,8 @@ def make_plots(report: dict, out: Path) -> list[str]:
 
 
 def machine() -> dict:
-    return {"cpu": platform.processor() or platform.machine(), "cores": os.cpu_count(),
-            "python": platform.python_version(), "onnxruntime": __import__("onnxruntime").__version__,
-            "torch": torch.__version__}
+    """The fingerprint (deploy.hardware: CPU, kernel class, ONNX Runtime) and the workstation's versions."""
+    return {**fingerprint(), "python": platform.python_version(), "torch": torch.__version__}
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -203,6 +203,7 @@ def main(argv: list[str] | None = None) -> int:
     run = Path(args.run)
     try:
         report = {"machine": machine(), "split": args.split}
+        print(f"bench: {describe(report['machine'])}", flush=True)
         for task in RunDir.of(run).tasks():
             print(f"bench: {task} ...", flush=True)
             report[task] = bench_model(task, run, args.split, args.warmup, args.repeats, args.limit)

@@ -18,8 +18,9 @@ def render_markdown(report: dict) -> str:
     lines = ["# edge-vision report", ""]
     m = report.get("machine", {})
     if m:
-        lines += [f"Machine: {m.get('cpu')} ({m.get('cores')} cores), onnxruntime {m.get('onnxruntime')}, "
-                  f"torch {m.get('torch')}. Split: `{report.get('split')}`. `agreement`: INT8 scored against the "
+        lines += [f"Machine: {m.get('model')} ({m.get('vendor')}, {m.get('cores')} cores), INT8 kernels "
+                  f"{m.get('kernel_class')}, onnxruntime {m.get('onnxruntime')}, torch {m.get('torch')}. "
+                  f"Split: `{report.get('split')}`. `agreement`: INT8 scored against the "
                   "fp32 model's own predictions (mAP@.5 / mIoU), a label-free measure of quantization fidelity.",
                   ""]
     for task, metrics in METRICS.items():

@@ -1,8 +1,12 @@
-"""The deployed runtime, for the gate's third factor: the same model file and the same input tensors, run by the
-reference runtime (ONNX Runtime on CPU, the gate's fixed settings) and by the runtime the device uses.
+"""The deployed runtime, for the gate's third factor: the same model file and the same input tensors, run under
+exact QDQ semantics (the reference: ONNX Runtime with no graph optimisation, DequantizeLinear -> float op ->
+QuantizeLinear, the same on every CPU) and by the runtime the device uses.
 
-`--runtime SPEC` names the deployed runtime:
-  ort:threads=N | ort:ep=cuda|tensorrt   another ONNX Runtime configuration or execution provider
+Without `--runtime` the deployed runtime is this machine's ONNX Runtime CPU kernels (`ort`), so a loss in a CPU's
+integer kernels (the int16 saturation of x86 without VNNI) lands on `runtime`, not on quantization.
+`--runtime SPEC` names another:
+  ort | ort:threads=N | ort:ep=cuda|tensorrt   this machine's kernels, another thread count or execution provider
+  qemu:x86-avx2 | qemu:x86-sse4          another x86 class's kernels under QEMU (deploy.emulate)
   ort-mobile                             the `.ort` file of the INT8 model (mobile/<model>.int8.ort)
   trt:int8 | trt:fp16                    a TensorRT engine built here (from <model>.int8-trt.onnx / <model>.onnx)
   module:function                        a hook: function(model_path) -> runner(x (B, 3, H, W) uint8) -> outputs
@@ -19,7 +23,9 @@ from pathlib import Path
 
 import numpy as np
 
-from deploy.capture import CaptureError, load_outputs
+from deploy.capture import CaptureError, load_hardware, load_outputs
+from deploy.emulate import PROFILES, EmulatedModel, unavailable
+from deploy.hardware import fingerprint, kernel_mismatch
 from deploy.runtime import EXECUTION_PROVIDERS, OrtModel
 from evaluate.gate_config import GateConfigError
 from train.run_dir import RunDir
@@ -34,6 +40,29 @@ class DeployedRuntime:
     name: str
     model: Path
     runner: Runner
+    kernels: str | None = None  # the CPU kernel class that computes (deploy.hardware); None: not ONNX Runtime's CPU
+
+
+def native_runtime(int8: Path, threads: int | None = None, spec: str = "ort") -> DeployedRuntime:
+    """This machine's ONNX Runtime CPU kernels on the INT8 file (graph optimised, as every device runs it)."""
+    kernels = fingerprint()["kernel_class"]
+    return DeployedRuntime(f"{spec} ({kernels})", int8, OrtModel(int8, threads=threads).infer, kernels)
+
+
+def integer_reference(model: Path, file_kernels: str) -> DeployedRuntime | None:
+    """A correct integer runtime for `model`: ONNX Runtime kernels that cannot saturate on it. This machine's
+    when they accumulate exactly or the file's dense weights are 7-bit (deploy.hardware.kernel_mismatch), else
+    the SSE4 kernels under QEMU (exact, on any x86); None when neither can run here.
+
+    It separates what every correct INT8 runtime does to a QDQ graph (requantization rounding, which a coarse
+    scale can amplify) from what a runtime does wrong (saturation, a broken conversion): only the second is
+    the deployed runtime's fault."""
+    here = fingerprint()["kernel_class"]
+    if kernel_mismatch(file_kernels, here) is None:
+        return native_runtime(model)
+    if unavailable("x86-sse4") is None:
+        return DeployedRuntime("qemu:x86-sse4", model, EmulatedModel(model, "x86-sse4").infer, "x86-sse4")
+    return None
 
 
 def resolve_runtime(spec: str, task: str, run: Path, int8: Path) -> DeployedRuntime:
@@ -42,16 +71,24 @@ def resolve_runtime(spec: str, task: str, run: Path, int8: Path) -> DeployedRunt
     rd = RunDir.of(run)
     if kind == "ort":
         key, _, value = arg.partition("=")
+        if not arg or key == "ep" and value == "cpu":
+            return native_runtime(int8, spec=spec)
         if key == "threads" and value.isdigit() and int(value) > 0:
-            return DeployedRuntime(spec, int8, OrtModel(int8, threads=int(value)).infer)
+            return native_runtime(int8, int(value), spec)
         if key == "ep" and value in EXECUTION_PROVIDERS:
             return DeployedRuntime(spec, int8, OrtModel(int8, providers=EXECUTION_PROVIDERS[value]).infer)
-        raise GateConfigError(f"--runtime {spec!r}: expected ort:threads=N or ort:ep={'|'.join(EXECUTION_PROVIDERS)}")
+        raise GateConfigError(f"--runtime {spec!r}: expected ort, ort:threads=N or "
+                              f"ort:ep={'|'.join(EXECUTION_PROVIDERS)}")
+    if kind == "qemu":
+        why = unavailable(arg)
+        if why:
+            raise GateConfigError(f"--runtime {spec!r}: {why}")
+        return DeployedRuntime(spec, int8, EmulatedModel(int8, arg).infer, arg)
     if kind == "ort-mobile":
         mobile = rd.model(task, "int8.ort")
         if not mobile.is_file():
             raise GateConfigError(f"--runtime ort-mobile: {mobile} not found; run `make export`")
-        return DeployedRuntime(spec, int8, OrtModel(mobile).infer)
+        return DeployedRuntime(spec, int8, OrtModel(mobile).infer, fingerprint()["kernel_class"])
     if kind == "trt":
         from deploy.trt_runtime import TrtModel
 
@@ -61,7 +98,8 @@ def resolve_runtime(spec: str, task: str, run: Path, int8: Path) -> DeployedRunt
         return DeployedRuntime(spec, model, TrtModel(model, arg, rd.export / "engines").infer)
     if arg:
         return DeployedRuntime(spec, int8, load_function(spec, "--runtime")(int8))
-    raise GateConfigError(f"--runtime {spec!r}: expected ort:..., ort-mobile, trt:int8|fp16 or module:function")
+    raise GateConfigError(f"--runtime {spec!r}: expected ort[:...], qemu:{'|'.join(PROFILES)}, ort-mobile, "
+                          "trt:int8|fp16 or module:function")
 
 
 def load_function(ref: str, option: str):
@@ -103,4 +141,6 @@ def recorded_runtime(frames: list[Path], run: Path) -> DeployedRuntime | None:
             raise CaptureError("a tensor has no recorded outputs; the capture folder changed during the gate")
         return got
 
-    return DeployedRuntime("recorded", model, runner)
+    hw = load_hardware(frames[0].parent.parent)  # capture DIR/<model>/<id>.npz, DIR/hardware.json
+    kernels = hw.get("kernel_class") if hw else None
+    return DeployedRuntime(f"recorded ({kernels or 'kernels unknown'})", model, runner, kernels)

@@ -18,6 +18,13 @@ The TensorRT file keeps the output convs float: symmetric int8 logits collapse s
 Weights take one scale per output channel, or one per tensor where that loses little in every channel
 (export.equalize.per_tensor_weights; the fp32 export is cross-layer equalized so that most convs qualify):
 a per-channel scale costs 4 bytes, against 9 INT8 weights in a 3x3 depthwise channel.
+
+The CPU file is made for a kernel class (deploy.hardware): x86 CPUs without VNNI (AVX2, AVX-512 without VNNI)
+add two u8 x s8 products in a saturating int16, so full-range INT8 weights clip there. For those targets, and for
+"portable" (every x86 class and ARM alike: the default), the dense convs' weights take 7 bits ([-64, 64],
+ONNX Runtime's reduce_range): 2 * 255 * 64 < 32767, so no kernel can saturate and every CPU computes the QDQ
+graph exactly. Depthwise convs run on a 16-bit kernel everywhere and keep 8 bits. Targets whose kernels
+accumulate exactly (VNNI, AMX, SSE4, ARM) keep 8-bit weights throughout.
 """
 
 from __future__ import annotations
@@ -42,11 +49,13 @@ from onnxruntime.quantization import (
 from onnxruntime.quantization.shape_inference import quant_pre_process
 
 from deploy.contract import Contract
+from deploy.hardware import KERNEL_CLASSES, fingerprint, reduced_weights
 from deploy.preprocess import PreprocessSpec, preprocess, read_image
 from export.equalize import per_tensor_weights
 from export.onnx_export import save_atomic, write_contract
 
 TARGETS = ("cpu", "tensorrt")
+KERNEL_TARGETS = ("portable", *KERNEL_CLASSES)  # what `export --target` takes, besides "auto" (this machine)
 # attribute values ONNX assumes when absent: written out by the exporter, they are 100-200 bytes a node
 DEFAULT_ATTRIBUTES = {"Conv": {"auto_pad": b"NOTSET", "dilations": [1, 1], "group": 1, "pads": [0, 0, 0, 0],
                                "strides": [1, 1]}}
@@ -112,6 +121,35 @@ def float_tail(model: onnx.ModelProto) -> list[str]:
                 seen.add(n.name)
                 stack.extend(n.output)
     return sorted(seen)
+
+
+def resolve_kernels(target: str) -> str:
+    """An `export --target` value -> the kernel class the CPU file is made for ("auto": this machine's)."""
+    if target == "auto":
+        return fingerprint()["kernel_class"]
+    if target not in KERNEL_TARGETS:
+        raise ValueError(f"int8 kernel target {target!r} is not one of {['auto', *KERNEL_TARGETS]}")
+    return target
+
+
+def dense_conv_weights(model: onnx.ModelProto) -> list[str]:
+    """The weights of the convs ONNX Runtime runs as an INT8 GEMM (group 1); depthwise convs have a kernel of
+    their own that widens to 16 bits and cannot saturate."""
+    inits = {t.name for t in model.graph.initializer}
+    return sorted(n.input[1] for n in model.graph.node if n.op_type == "Conv" and n.input[1] in inits
+                  and next((a.i for a in n.attribute if a.name == "group"), 1) == 1)
+
+
+def weight_overrides(model: onnx.ModelProto, kernels: str) -> dict:
+    """TensorQuantOverrides for the weights: one scale for the convs that lose little by it (export.equalize
+    made most of them so), 7 bits for the dense convs where the kernels may saturate."""
+    per_tensor = set(per_tensor_weights(model))
+    reduce = set(dense_conv_weights(model)) if reduced_weights(kernels) else set()
+    out = {}
+    for w in sorted(per_tensor | reduce):
+        o = {"symmetric": True} if w in per_tensor else {"axis": 0, "symmetric": True}
+        out[w] = [{**o, "reduce_range": True} if w in reduce else o]
+    return out
 
 
 def unit_input_tensor(model: onnx.ModelProto) -> str | None:
@@ -225,9 +263,11 @@ def prepare(fp32_path: str | Path, out: Path) -> None:
 def quantize_int8(fp32_path: str | Path, int8_path: str | Path, contract: Contract,
                   calib_images: Sequence[str | Path], method: str = "percentile",
                   exclude: Sequence[str] | None = None, preprocess_fn=None, target: str = "cpu",
-                  float_decode: bool = True, overrides: dict | None = None) -> list[str]:
+                  float_decode: bool = True, overrides: dict | None = None, kernels: str = "portable") -> list[str]:
     """Write the QDQ INT8 model for `target` ("cpu" | "tensorrt"); returns the conv names kept in float.
 
+    `kernels`: the kernel class (or "portable") the CPU file is made for (resolve_kernels); recorded in its
+    contract. The TensorRT file is for TensorRT's own kernels and ignores it.
     `exclude` (Conv node names kept float) defaults to the output convs for TensorRT, none for the CPU.
     `float_decode=False` quantizes the CPU file's decode tail too and `overrides` (ORT TensorQuantOverrides)
     pins tensor scales: only the gate self-test's injected faults use them.
@@ -243,18 +283,18 @@ def quantize_int8(fp32_path: str | Path, int8_path: str | Path, contract: Contra
         exclude = output_convs(fp32) if target == "tensorrt" else []
     excluded = sorted(set(exclude))
     input_name = fp32.graph.input[0].name
-    # one weight scale for the convs that lose little by it (export.equalize made most of them so)
-    per_tensor = {w: [{"symmetric": True}] for w in per_tensor_weights(fp32)}
+    kernels = kernels if target == "cpu" else "tensorrt"  # TensorRT's kernels accumulate in int32
     if target == "tensorrt":  # symmetric int8 everywhere and float bias: TensorRT's explicit quantization;
         # Q/DQ on conv inputs only (TensorRT fuses Conv+ReLU and quantizes the ReLU output for the next conv)
         options = {"ActivationSymmetric": True, "WeightSymmetric": True, "QuantizeBias": False,
-                   "OpTypesToExcludeOutputQuantization": ["Conv"], "TensorQuantOverrides": per_tensor}
+                   "OpTypesToExcludeOutputQuantization": ["Conv"],
+                   "TensorQuantOverrides": weight_overrides(fp32, kernels)}
         act, op_types, skip = QuantType.QInt8, ["Conv"], excluded
     else:
         options = {"WeightSymmetric": True, "QuantizeBias": False}
         act, op_types, skip = QuantType.QUInt8, None, excluded + (float_tail(fp32) if float_decode else [])
         unit = unit_input_tensor(fp32)
-        options["TensorQuantOverrides"] = {**per_tensor, **dict(overrides or {})}
+        options["TensorQuantOverrides"] = {**weight_overrides(fp32, kernels), **dict(overrides or {})}
         if unit:
             options["TensorQuantOverrides"][unit] = [{"scale": np.array(1 / 255, np.float32),
                                                       "zero_point": np.array(0, np.uint8)}]
@@ -279,7 +319,7 @@ def quantize_int8(fp32_path: str | Path, int8_path: str | Path, contract: Contra
     if target == "cpu" and unit_input_tensor(fp32):
         feed_uint8_input(model, unit_input_tensor(fp32))
     compact(model, fp32)
-    write_contract(model, Contract(**{**contract.__dict__, "precision": "int8"}))
+    write_contract(model, Contract(**{**contract.__dict__, "precision": "int8", "kernels": kernels}))
     onnx.checker.check_model(model)
     save_atomic(model, int8_path)
     return excluded

@@ -68,3 +68,7 @@ class RunDir:
     @property
     def gate(self) -> Path:
         return self.root / "gate"
+
+    @property
+    def kernels(self) -> Path:  # accuracy per CPU kernel class (python -m evaluate.kernels)
+        return self.root / "kernels"

@@ -7,9 +7,11 @@ import time
 
 import cv2
 import numpy as np
+import onnxruntime as ort
 import pytest
 
 from deploy.capture import load_capture
+from deploy.hardware import fingerprint
 from tests.conftest import REPO
 
 
@@ -89,6 +91,25 @@ def test_runs_on_a_video_file_and_captures_input_tensors(tiny_run, tmp_path):
     with np.load(npz[0]) as z:  # the stored letterbox has no input size: it comes back from the tensor
         np.savez(tmp_path / "old.npz", tensor=z["tensor"], letterbox=z["letterbox"][:8])
     assert load_capture(tmp_path / "old.npz")[1] == lb
+    hw = json.loads((tmp_path / "cap" / "hardware.json").read_text())  # which kernels computed the outputs
+    assert hw["kernel_class"] == fingerprint()["kernel_class"] and hw["onnxruntime"] == ort.__version__
+    assert "kernels; the file was made for" not in r.stderr  # a portable INT8 file warns on no CPU
+
+
+@pytest.mark.parametrize("kernels, machine, warns", [("x86-avx512vnni", "x86-avx2", True),
+                                                      ("portable", "x86-avx2", False),
+                                                      ("x86-avx512vnni", "x86-avx512vnni", False)])
+def test_an_int8_file_that_this_cpu_saturates_warns_once(tmp_path, capsys, monkeypatch, kernels, machine, warns):
+    import deploy.__main__ as cli
+    from deploy.runtime import OrtModel
+    from tests.deploy import qdq_graph
+
+    monkeypatch.setattr(cli, "fingerprint", lambda *a: {"kernel_class": machine})
+    cli.warn_kernels([OrtModel(qdq_graph.build(tmp_path / "m.onnx", 127, 1 / 127, kernels))])
+    err = capsys.readouterr().err
+    assert err.count("warning: ") == int(warns)
+    if warns:
+        assert "m.onnx: this CPU runs x86-avx2 kernels" in err and "--target portable" in err
 
 
 def test_a_truncated_video_ends_cleanly_where_its_data_ends(tiny_run, tmp_path):

@@ -162,6 +162,34 @@ def test_make_export_writes_manifest_with_mobile_models(tiny_run):
     assert "Conv" in (exp / manifest["ort_mobile_ops_config"]).read_text()
 
 
+@pytest.mark.parametrize("kernels, dense_max", [("portable", 64), ("x86-avx2", 64), ("x86-avx512vnni", 127)])
+def test_the_cpu_file_gives_dense_convs_7_bit_weights_where_kernels_may_saturate(tmp_path, tiny_data, kernels,
+                                                                                 dense_max):
+    from export.quantize import dense_conv_weights
+
+    torch.manual_seed(0)
+    model = Detector(num_classes=3, backbone="mobilenet_v3_small_minimal", channels=16, head_convs=1).eval()
+    contract = Contract("detector", PreprocessSpec(input_size=(96, 128)), ["a", "b", "c"], "abc123",
+                        ["cls_logits", "boxes"])
+    path = export_onnx(model, contract, tmp_path / "det.onnx")
+    imgs = sorted((tiny_data.parent / "data" / "images" / "train").glob("*.jpg"))[:2]
+    out = tmp_path / "det.int8.onnx"
+    quantize_int8(path, out, contract, imgs, target="cpu", kernels=kernels)
+    q = onnx.load(out)
+    inits = {i.name: onnx.numpy_helper.to_array(i) for i in q.graph.initializer}
+    producer = {n.output[0]: n for n in q.graph.node}
+    dense = len(dense_conv_weights(onnx.load(path)))
+    peaks = {"dense": [], "depthwise": []}
+    for n in q.graph.node:
+        if n.op_type == "Conv" and n.input[1] in producer and producer[n.input[1]].input[0] in inits:
+            w = inits[producer[n.input[1]].input[0]]
+            group = next((a.i for a in n.attribute if a.name == "group"), 1)
+            peaks["dense" if group == 1 else "depthwise"].append(int(np.abs(w.astype(np.int16)).max()))
+    assert len(peaks["dense"]) == dense and max(peaks["dense"]) == dense_max  # 2 * 255 * 64 < 32767
+    assert max(peaks["depthwise"]) == 127  # the 16-bit depthwise kernels keep 8 bits
+    assert OrtModel(out).contract.kernels == kernels
+
+
 def test_int8_over_budget_keeps_the_most_sensitive_convs_in_float(tiny_run, tiny_data, tmp_path):
     from export.onnx_export import contract_from_checkpoint
     from export.pipeline import quantize_within_budget, val_scorer
@@ -172,7 +200,8 @@ def test_int8_over_budget_keeps_the_most_sensitive_convs_in_float(tiny_run, tiny
     fp32 = tiny_run / "export" / "detector.onnx"
     imgs = sorted((tiny_data.parent / "data" / "images" / "train").glob("*.jpg"))[:2]
     kept, acc = quantize_within_budget(ckpt, fp32, tmp_path / "detector.int8.onnx",
-                                       contract_from_checkpoint(ckpt), imgs, "minmax", "cpu", val_scorer(ckpt))
+                                       contract_from_checkpoint(ckpt), imgs, "minmax", "cpu", val_scorer(ckpt),
+                                       "portable")
     # the CPU target starts with every conv quantized; the round adds two, unless they scored worse
     assert acc["rounds"] == 1 and len(kept) in (0, 2)
     table = (tmp_path / "detector.int8.sensitivity.md").read_text()
@@ -181,11 +210,12 @@ def test_int8_over_budget_keeps_the_most_sensitive_convs_in_float(tiny_run, tiny
     from datasets.metrics import EvalSet
     from deploy.preprocess import preprocess
 
-    shipped = OrtModel(tmp_path / "detector.int8.onnx")
-    spec = shipped.contract.preprocess
     val = EvalSet.from_checkpoint(ckpt, "val")
-    got = val.score(shipped.infer, lambda im: preprocess(im, spec), shipped.contract.postprocess)
-    assert got[acc["metric"]] == acc["int8"]
+    for exact, want in ((True, acc["int8"]), (False, next(iter(acc["kernels"].values())))):  # exact QDQ, this CPU
+        shipped = OrtModel(tmp_path / "detector.int8.onnx", exact=exact)
+        spec = shipped.contract.preprocess
+        got = val.score(shipped.infer, lambda im, s=spec: preprocess(im, s), shipped.contract.postprocess)
+        assert got[acc["metric"]] == want
 
 
 def test_dynamic_batch_export_matches_torch_at_two_batch_sizes(tmp_path):
