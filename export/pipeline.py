@@ -18,6 +18,7 @@ from datasets.config import load_dataset_config
 from datasets.metrics import PRIMARY, EvalSet
 from deploy.atomic import write_atomic
 from deploy.contract import TASKS, Contract
+from deploy.emulate import PROFILES, EmulatedModel, unavailable
 from deploy.hardware import fingerprint
 from deploy.preprocess import PreprocessSpec, preprocess, read_image
 from deploy.runtime import OrtModel
@@ -52,13 +53,20 @@ def export_settings(ckpt: dict) -> ExportConfig:
 
 
 def val_scorer(ckpt: dict) -> Callable[..., float]:
-    """(model file, exact=False) -> its primary val metric, through its own contract's pre- and postprocessing;
-    `exact`: the INT8 file's QDQ graph as written (deploy.runtime), not this CPU's integer kernels."""
+    """(model file, exact=False, profile=None) -> its primary val metric, through its own contract's pre- and
+    postprocessing; `exact`: the INT8 file's QDQ graph as written (deploy.runtime), not this CPU's integer
+    kernels; `profile`: another x86 class's kernels under QEMU (deploy.emulate)."""
     ev, metric = EvalSet.from_checkpoint(ckpt, "val"), PRIMARY[ckpt["task"]]
 
-    def score(path: Path, exact: bool = False) -> float:
+    def score(path: Path, exact: bool = False, profile: str | None = None) -> float:
         m = OrtModel(path, exact=exact)
-        return ev.score(m.infer, lambda img: preprocess(img, m.contract.preprocess), m.contract.postprocess)[metric]
+        runner = EmulatedModel(path, profile) if profile else m
+        try:
+            return ev.score(runner.infer, lambda img: preprocess(img, m.contract.preprocess),
+                            m.contract.postprocess)[metric]
+        finally:
+            if profile:
+                runner.close()
     return score
 
 
@@ -99,18 +107,22 @@ def quantize_within_budget(ckpt: dict, fp32: Path, int8: Path, contract, calib: 
         print(f"  int8 ({target}): keeping the best tried ({metric} {got:.4f}, {len(kept)} float convs)", flush=True)
         kept = quantize(kept)
     here = fingerprint()["kernel_class"]
-    native = score(int8)
-    if ref - native > ex.int8_max_drop and native < got - ex.int8_max_drop / 2:
-        print(f"  int8 ({target}): this CPU's {here} kernels score {metric} {native:.4f} against {got:.4f} under "
-              f"exact QDQ semantics; the file was made for {kernels} kernels: export with --target auto or "
-              "--target portable for CPUs like this one", flush=True)
+    scored = {here: score(int8)}  # this CPU's kernels, and the target's where QEMU can run them here
+    if target == "cpu" and kernels in PROFILES and kernels != here and unavailable(kernels) is None:
+        scored[kernels] = score(int8, profile=kernels)
+    for kclass, value in scored.items():
+        if ref - value > ex.int8_max_drop and value < got - ex.int8_max_drop / 2:
+            print(f"  int8 ({target}): {kclass} kernels score {metric} {value:.4f} against {got:.4f} under exact QDQ "
+                  f"semantics; the file was made for {kernels} kernels: export with --target portable for CPUs "
+                  "like this one", flush=True)
     (int8.parent / f"{int8.name.removesuffix('.onnx')}.sensitivity.md").write_text(
         f"# {int8.name} INT8 sensitivity (qdq_loss_debug, {ex.sensitivity_images} images)\n\n"
         f"val {metric}: fp32 {ref:.4f}, int8 {got:.4f} under exact QDQ semantics (drop {ref - got:+.4f}, budget "
-        f"{ex.int8_max_drop}), {native:.4f} under this CPU's {here} kernels; made for {kernels} kernels; "
-        f"{rounds} exclusion round(s); float convs: {', '.join(kept)}\n\n" + to_markdown(rows))
+        f"{ex.int8_max_drop}), " + ", ".join(f"{v:.4f} under {k} kernels" for k, v in scored.items())
+        + f"; made for {kernels} kernels; {rounds} exclusion round(s); float convs: {', '.join(kept)}\n\n"
+        + to_markdown(rows))
     return kept, {"metric": metric, "fp32": ref, "int8": got, "drop": ref - got, "rounds": rounds,
-                  "kernels": {here: native}}
+                  "kernels": scored}
 
 
 def export_fp32(task: str, ckpt_path: Path, out_dir: Path, dynamic_batch: bool) -> tuple[dict, Path, Contract,
