@@ -70,7 +70,6 @@ class OrtModel(ContractModel):
     def __init__(self, path: str | Path, threads: int | None = None, providers: list[str] | None = None,
                  exact: bool = False):
         self.path = Path(path)
-        self.exact = exact
         if not self.path.is_file():
             raise ModelLoadError(f"{self.path}: no such model file; run `make export` or check the path")
         try:
