@@ -18,10 +18,12 @@ from __future__ import annotations
 
 import argparse
 import io
+import platform
 import shutil
 import struct
 import subprocess
 import sys
+import tempfile
 from pathlib import Path
 
 import numpy as np
@@ -41,8 +43,6 @@ def unavailable(profile: str) -> str | None:
     if profile not in PROFILES:
         return f"unknown CPU profile {profile!r}; known: {sorted(PROFILES)}"
     binary, _ = PROFILES[profile]
-    import platform
-
     if profile.startswith("x86") and platform.machine().lower() not in ("x86_64", "amd64"):
         return f"{profile} emulation runs this machine's x86-64 .venv; this machine is {platform.machine()}"
     if shutil.which(binary) is None:
@@ -72,9 +72,11 @@ class EmulatedModel:
             raise EmulationUnavailable(f"--runtime qemu:{profile}: {why}")
         self.path, self.profile = Path(path), profile
         binary, cpu = PROFILES[profile]
+        self._err = tempfile.TemporaryFile()  # QEMU's feature warnings and the worker's errors: a file, not a pipe
+        # nobody drains while the worker runs (a full pipe would block it mid-run)
         self._proc = subprocess.Popen([binary, "-cpu", cpu, sys.executable, "-m", "deploy.emulate", "--worker",
                                        str(self.path.resolve())], cwd=ROOT, stdin=subprocess.PIPE,
-                                      stdout=subprocess.PIPE, stderr=subprocess.PIPE)  # QEMU's feature warnings
+                                      stdout=subprocess.PIPE, stderr=self._err)
 
     def infer(self, tensor: np.ndarray) -> list[np.ndarray]:
         """(3, H, W) or (B, 3, H, W) uint8 -> raw outputs, in contract order, from the emulated CPU's kernels."""
@@ -86,7 +88,12 @@ class EmulatedModel:
         except (BrokenPipeError, OSError):
             reply = None
         if reply is None:
-            err = self._proc.stderr.read().decode(errors="replace").strip().splitlines()
+            try:
+                self._proc.wait(timeout=10)
+            except subprocess.TimeoutExpired:  # alive but answering nothing useful
+                self._proc.kill()
+            self._err.seek(0)
+            err = self._err.read().decode(errors="replace").strip().splitlines()
             last = [line for line in err if "TCG doesn't support" not in line][-1:] or ["no output"]
             raise EmulationUnavailable(f"{self.path}: the {self.profile} worker under QEMU stopped ({last[0]})")
         outs = np.load(io.BytesIO(reply))
@@ -99,6 +106,7 @@ class EmulatedModel:
                 self._proc.wait(timeout=10)
             except subprocess.TimeoutExpired:
                 self._proc.kill()
+        self._err.close()
 
     def __del__(self):
         try:
