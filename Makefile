@@ -16,7 +16,7 @@ DOCKERFILES := docker/cpu/Dockerfile docker/deploy-cpu/Dockerfile docker/jetson/
 IMAGE_TAG ?= 0.1.0
 
 .DEFAULT_GOAL := help
-.PHONY: help setup qemu data check-data train export bench gate gate-selftest kernels demo test lint clean distclean compare-ssdlite \
+.PHONY: help setup qemu arm-env data check-data train export bench gate gate-selftest kernels demo test lint clean distclean compare-ssdlite \
 	compare-lraspp compare-yolo ablate-recipe train-seg thin-diagnose receptive-field robustness ablate-shift \
 	docker-cpu docker-deploy docker-jetson
 
@@ -38,6 +38,13 @@ qemu: ## install qemu-user-static (Debian, as root) for the kernel-class checks,
 	  (apt-get update -qq && apt-get install -y -qq qemu-user-static >/dev/null) || \
 	  echo "qemu: qemu-user-static not installed; emulated CPU classes will be skipped"; }
 
+# The ARM64 userland (deploy/arm64.py): Debian's arm64 Python and the aarch64 wheels of requirements-deploy.txt, run
+# under qemu-aarch64 for the phone-CPU profiles. Built without emulation, cached outside the repo by content key.
+arm-env: setup qemu ## build the ARM64 userland for the phone-CPU checks (cached in ~/.cache/edge-vision by content)
+	@command -v mmdebstrap >/dev/null || { [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null && \
+	  (apt-get update -qq && apt-get install -y -qq mmdebstrap >/dev/null) || true; }
+	$(PY) -m deploy.arm64 build
+
 data: setup ## generate the synthetic dataset named by the config (skipped when already there)
 	$(PY) -m datasets generate --config $(CONFIG)
 
@@ -56,7 +63,8 @@ bench: setup ## accuracy, latency, memory of every variant -> $(RUN)/bench/repor
 gate: setup ## 2x2 attribution (preprocessing x quantization) against $(GATE) -> $(RUN)/gate/; exit 1 on failure
 	$(PY) -m evaluate.gate --run $(RUN) --config $(GATE) $(GATE_ARGS)
 
-kernels: setup qemu ## INT8 accuracy per CPU kernel class: exact, this CPU, x86 AVX2 / SSE4 under QEMU -> $(RUN)/kernels/
+kernels: setup qemu ## INT8 accuracy per CPU kernel class: exact, this CPU, x86 AVX2 / SSE4 and phone ARM under QEMU -> $(RUN)/kernels/
+	@$(MAKE) --no-print-directory arm-env || echo "kernels: no ARM64 userland; the phone profiles will be skipped"
 	$(PY) -m evaluate.kernels --run $(RUN)
 
 gate-selftest: setup qemu ## inject preprocessing, quantization and runtime faults; the gate must blame each on its stage, 3 runs alike
@@ -99,6 +107,7 @@ lint: setup ## ruff over the code, hadolint over the Dockerfiles (fails on any f
 	$(VENV)/bin/hadolint --failure-threshold warning $(DOCKERFILES)
 
 test: setup qemu ## lint, the test suite, then the gate self-test
+	@$(MAKE) --no-print-directory arm-env || echo "test: no ARM64 userland; the phone-CPU tests will be skipped"
 	$(MAKE) --no-print-directory lint
 	$(PY) -m pytest
 	$(MAKE) --no-print-directory gate-selftest

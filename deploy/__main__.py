@@ -43,6 +43,8 @@ from deploy.options import check_paths, frame_size, number
 from deploy.runtime import EXECUTION_PROVIDERS, ModelLoadError, OrtModel
 from deploy.sources import Frame, SourceError, StopFlag, open_source
 
+EMULATED = "EDGE_VISION_EMULATED"  # set by deploy.emulate to the CPU profile the process runs under
+
 
 def get_args_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="python -m deploy", description=__doc__,
@@ -296,6 +298,8 @@ def run(args: argparse.Namespace) -> int:
                             "threshold": drift.threshold}
     if stop.reason:
         summary["stopped_by"] = stop.reason
+    if os.environ.get(EMULATED):  # under QEMU (deploy.emulate): the latencies are the emulator's, not a device's
+        summary["emulated"] = os.environ[EMULATED]
     print("summary: " + json.dumps(summary), file=sys.stderr)
     return rc
 
@@ -315,7 +319,8 @@ def bench(args: argparse.Namespace) -> int:
         for name, stages in rec["latency_ms"].items():
             for s, v in stages.items():
                 lat.setdefault(name, {}).setdefault(s, []).append(v)
-    print(f"{w}x{h} BGR frames -> results, {args.frames} frames, threads={args.threads or 'default'}")
+    print(f"{w}x{h} BGR frames -> results, {args.frames} frames, threads={args.threads or 'default'}"
+          + (f"; EMULATED ({os.environ[EMULATED]}): not a device's latency" if os.environ.get(EMULATED) else ""))
     total = 0.0
     for name, stages in lat.items():
         p50 = {s: float(np.median(v)) for s, v in stages.items()}

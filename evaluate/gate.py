@@ -65,7 +65,8 @@ def get_args_parser() -> argparse.ArgumentParser:
                    help="module:function(img_bgr, spec) -> (tensor, letterbox) used as the deployed path")
     p.add_argument("--capture", default=None, help="device captures: DIR/<model>/<id>.png + <id>.npz (no labels)")
     p.add_argument("--runtime", default=None, help="the deployed runtime (evaluate.runtime), default this CPU's "
-                                                   "kernels: ort:threads=N, ort:ep=cuda, qemu:x86-avx2|x86-sse4, "
+                                                   "kernels: ort:threads=N, ort:ep=cuda, qemu:PROFILE (x86 "
+                                                   "x86-avx2|x86-sse4, phones arm64|arm64-dotprod|arm64-i8mm), "
                                                    "ort-mobile, trt:int8|fp16 or module:function")
     p.add_argument("--no-labels", action="store_true", help="score by agreement with fp32 on reference inputs")
     p.add_argument("--limit", type=int, default=None, help="score only the first N images")
@@ -170,7 +171,7 @@ def predict_runtime(ev: EvalSet, rt: DeployedRuntime, int8: OrtModel, dep_fn, po
     exact = int8 if rt.model == int8.path else OrtModel(rt.model, exact=True)
     preds["runtime/reference"] = preds["deployed/int8"] if exact is int8 else ev.predict(exact.infer, dep_fn, post)
     preds["runtime/deployed"] = ev.predict(rt.runner, dep_fn, post)
-    integer = integer_reference(rt.model, exact.contract.kernels)
+    integer = integer_reference(rt.model, exact.contract.kernels, rt.kernels)
     if integer is not None:
         same = integer.name == rt.name  # the default: this machine's kernels, which cannot saturate on this file
         preds["runtime/integer"] = preds["runtime/deployed"] if same else ev.predict(integer.runner, dep_fn, post)

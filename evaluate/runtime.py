@@ -7,6 +7,8 @@ integer kernels (the int16 saturation of x86 without VNNI) lands on `runtime`, n
 `--runtime SPEC` names another:
   ort | ort:threads=N | ort:ep=cuda|tensorrt   this machine's kernels, another thread count or execution provider
   qemu:x86-avx2 | qemu:x86-sse4          another x86 class's kernels under QEMU (deploy.emulate)
+  qemu:arm64 | qemu:arm64-dotprod | qemu:arm64-i8mm
+                                         a phone class's kernels: the ARM64 userland under QEMU (make arm-env)
   ort-mobile                             the `.ort` file of the INT8 model (mobile/<model>.int8.ort)
   trt:int8 | trt:fp16                    a TensorRT engine built here (from <model>.int8-trt.onnx / <model>.onnx)
   module:function                        a hook: function(model_path) -> runner(x (B, 3, H, W) uint8) -> outputs
@@ -49,14 +51,25 @@ def native_runtime(int8: Path, threads: int | None = None, spec: str = "ort") ->
     return DeployedRuntime(f"{spec} ({kernels})", int8, OrtModel(int8, threads=threads).infer, kernels)
 
 
-def integer_reference(model: Path, file_kernels: str) -> DeployedRuntime | None:
+# a phone class -> the profile of ARM's other integer-kernel family, its integer reference
+ARM_REFERENCE = {"arm64-dotprod": "arm64", "arm64-i8mm": "arm64", "arm64": "arm64-dotprod"}
+
+
+def integer_reference(model: Path, file_kernels: str, deployed_kernels: str | None = None) -> DeployedRuntime | None:
     """A correct integer runtime for `model`: ONNX Runtime kernels that cannot saturate on it. This machine's
     when they accumulate exactly or the file's dense weights are 7-bit (deploy.hardware.kernel_mismatch), else
-    the SSE4 kernels under QEMU (exact, on any x86); None when neither can run here.
+    the SSE4 kernels under QEMU (exact, on any x86); None when neither can run here. For a phone class
+    (`deployed_kernels` arm64*), ARM's other kernel family under QEMU (the widening NEON kernels for dot-product
+    and i8mm CPUs, the dot-product ones for the A53), where the ARM64 userland is built: every ARM kernel
+    requantizes with ARM's rounding, which differs from x86's (40 dB output SQNR on the demo segmenter, every
+    kernel exact), a property of the architecture and not a fault of the deployed kernels.
 
     It separates what every correct INT8 runtime does to a QDQ graph (requantization rounding, which a coarse
     scale can amplify) from what a runtime does wrong (saturation, a broken conversion): only the second is
     the deployed runtime's fault."""
+    arm = ARM_REFERENCE.get(deployed_kernels or "")
+    if arm and unavailable(arm) is None:
+        return DeployedRuntime(f"qemu:{arm}", model, EmulatedModel(model, arm).infer, PROFILES[arm].kernels)
     here = fingerprint()["kernel_class"]
     if kernel_mismatch(file_kernels, here) is None:
         return native_runtime(model)
@@ -83,7 +96,7 @@ def resolve_runtime(spec: str, task: str, run: Path, int8: Path) -> DeployedRunt
         why = unavailable(arg)
         if why:
             raise GateConfigError(f"--runtime {spec!r}: {why}")
-        return DeployedRuntime(spec, int8, EmulatedModel(int8, arg).infer, arg)
+        return DeployedRuntime(spec, int8, EmulatedModel(int8, arg).infer, PROFILES[arg].kernels)
     if kind == "ort-mobile":
         mobile = rd.model(task, "int8.ort")
         if not mobile.is_file():

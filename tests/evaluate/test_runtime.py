@@ -30,3 +30,12 @@ def test_the_integer_reference_never_saturates(tmp_path, monkeypatch, here, file
         return
     ref = runtime.integer_reference(path, file_kernels)
     assert ref.name == want and ref.model == path
+
+
+def test_a_phone_class_is_judged_against_arms_other_kernel_family(tmp_path, monkeypatch):
+    path = qdq_graph.build(tmp_path / "m.onnx", 64, 1 / 64, "portable")
+    if unavailable("arm64") is None:  # ARM requantizes with its own rounding: the reference is ARM's too
+        ref = runtime.integer_reference(path, "portable", "arm64-i8mm")
+        assert (ref.name, ref.kernels) == ("qemu:arm64", "arm64")
+    monkeypatch.setenv("EDGE_VISION_CACHE", str(tmp_path / "none"))  # no ARM64 userland: this machine's kernels
+    assert runtime.integer_reference(path, "portable", "arm64-dotprod").name.startswith("ort (")
