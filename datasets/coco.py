@@ -62,9 +62,9 @@ class CocoDetection:
     """Reads instances_*.json. Category ids are mapped to contiguous indices in ascending id order.
 
     Broken input is refused when the file is opened, in one line naming the file and the image or annotation
-    id: duplicate image ids, a file_name outside the images folder, a missing image file, an annotation of an
-    unknown image or category, a bbox that is not 4 finite numbers. Fixable boxes are fixed and counted, the
-    counts printed once: boxes reaching outside their image are clipped to it, empty ones dropped.
+    id: duplicate image or annotation ids, a file_name outside the images folder, a missing image file, an
+    annotation of an unknown image or category, a bbox that is not 4 finite numbers. Fixable boxes are fixed and
+    counted, the counts printed once: boxes reaching outside their image are clipped to it, empty ones dropped.
     """
 
     def __init__(self, images_dir: str | Path, ann_file: str | Path, holdout: Holdout | None = None,
@@ -86,7 +86,12 @@ class CocoDetection:
         self.fixed = {"clipped": 0, "dropped_empty": 0}  # boxes fixed on reading, printed once
         images = self._images()
         per_image: dict[int, list[dict]] = {}
+        ann_images: dict = {}  # annotation id -> its image id: ids must be unique (COCOeval keys on them)
         for a in self.raw["annotations"]:
+            if a.get("id") is not None and a["id"] in ann_images:
+                raise DatasetError(f"{self.ann_file}: annotation id {a['id']} appears twice (images "
+                                   f"{ann_images[a['id']]} and {a['image_id']}); give every annotation its own id")
+            ann_images[a.get("id")] = a["image_id"]
             if a["image_id"] not in images:
                 raise DatasetError(f"{self.ann_file}: annotation {a.get('id')} refers to image_id {a['image_id']}, "
                                    "which is not in `images`; fix the JSON")

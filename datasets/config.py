@@ -6,6 +6,7 @@ root when run through make). See configs/data/*.yaml.
 
 from __future__ import annotations
 
+import math
 import random
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -125,12 +126,47 @@ def _pairs(images: Path, masks: Path) -> list[tuple[Path, Path]]:
     return [(p, by_stem[p.stem]) for p in imgs]
 
 
+class StrictYAMLError(yaml.YAMLError):
+    """What YAML allows and a config must not have; the message names the line."""
+
+
+class StrictLoader(yaml.SafeLoader):
+    """yaml.SafeLoader that refuses two things PyYAML accepts silently: a key given twice in one mapping (the
+    last one would win: `max_quantization_drop: 0.03`, then `0.5`, loosens the gate) and a non-finite number
+    (`.nan`, `.inf`, 1e999: a limit no value can fail, or none can pass)."""
+
+    def construct_mapping(self, node, deep=False):
+        seen: dict = {}
+        for key_node, _ in node.value:
+            if key_node.tag == "tag:yaml.org,2002:merge":
+                continue
+            key = self.construct_object(key_node, deep=True)
+            if isinstance(key, (str, int, float, bool)) and key in seen:
+                raise StrictYAMLError(f"line {key_node.start_mark.line + 1}: key {key!r} is given twice (first on "
+                                      f"line {seen[key]}); keep one")
+            seen[key] = key_node.start_mark.line + 1
+        return super().construct_mapping(node, deep)
+
+    def construct_yaml_float(self, node):
+        value = super().construct_yaml_float(node)
+        if not math.isfinite(value):
+            raise StrictYAMLError(f"line {node.start_mark.line + 1}: {node.value!r} is not a finite number; "
+                                  "give a number")
+        return value
+
+
+StrictLoader.add_constructor("tag:yaml.org,2002:float", StrictLoader.construct_yaml_float)
+
+
 def read_yaml(path: Path, error: type[Exception], what: str) -> object:
-    """Parse a YAML file, turning a missing file or bad syntax into a one-line `error` naming it."""
+    """Parse a YAML file, turning a missing file, bad syntax, a duplicate key or a non-finite number into a
+    one-line `error` naming it (and the line)."""
     try:
-        return yaml.safe_load(path.read_text())
+        return yaml.load(path.read_text(), Loader=StrictLoader)  # noqa: S506 (a SafeLoader)
     except FileNotFoundError:
         raise error(f"{path}: {what} not found") from None
+    except StrictYAMLError as e:
+        raise error(f"{path}: {e}") from None
     except yaml.YAMLError as e:
         raise error(f"{path}: invalid YAML ({str(e).splitlines()[0]})") from None
 

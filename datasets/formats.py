@@ -12,6 +12,7 @@ training and matching, as VOC's own evaluation ignores them); pixel indices are 
 from __future__ import annotations
 
 import json
+import math
 import os
 import xml.etree.ElementTree as ET
 from pathlib import Path
@@ -91,6 +92,9 @@ def yolo_boxes(label: Path, w: int, h: int, n_classes: int) -> list[tuple]:
             vals = [float(v) for v in line.split()]
         except ValueError:
             raise DatasetError(f"{label}:{k}: {line.strip()!r} is not `class cx cy w h` numbers") from None
+        if not all(math.isfinite(v) for v in vals):  # float() takes nan and inf
+            raise DatasetError(f"{label}:{k}: {line.strip()!r} has a non-finite number; a YOLO line is `class cx "
+                               "cy w h` (normalised)")
         c = int(vals[0])
         if c != vals[0] or not 0 <= c < n_classes:
             raise DatasetError(f"{label}:{k}: class {vals[0]:g} is not an index into the {n_classes} names")
@@ -158,13 +162,35 @@ def write_yolo(splits: dict, root: Path) -> Path:
     return yaml_path
 
 
-def voc_object(obj: ET.Element, xml: Path) -> tuple[str, float, float, float, float, bool]:
-    name, box = obj.findtext("name"), obj.find("bndbox")
+def voc_object(obj: ET.Element, xml: Path, k: int) -> tuple[str, float, float, float, float, bool]:
+    """The `k`-th <object> (from 1) of `xml` as (name, x, y, w, h, difficult); broken ones refused naming both."""
+    name, box = (obj.findtext("name") or "").strip(), obj.find("bndbox")
+    if not name:
+        raise DatasetError(f"{xml}: object {k} has no <name>; give it its class name")
     try:
-        x0, y0, x1, y1 = (float(box.findtext(k)) for k in ("xmin", "ymin", "xmax", "ymax"))
+        x0, y0, x1, y1 = (float(box.findtext(t)) for t in ("xmin", "ymin", "xmax", "ymax"))
     except (AttributeError, TypeError, ValueError):
-        raise DatasetError(f"{xml}: object {name!r} lacks a numeric bndbox xmin/ymin/xmax/ymax") from None
-    return str(name).strip(), x0 - 1, y0 - 1, x1 - x0 + 1, y1 - y0 + 1, obj.findtext("difficult", "0").strip() == "1"
+        raise DatasetError(f"{xml}: object {k} ({name!r}) lacks a numeric bndbox xmin/ymin/xmax/ymax") from None
+    if not all(math.isfinite(v) for v in (x0, y0, x1, y1)) or x1 < x0 or y1 < y0:
+        raise DatasetError(f"{xml}: object {k} ({name!r}) has bndbox xmin {x0:g} ymin {y0:g} xmax {x1:g} ymax "
+                           f"{y1:g}; a box needs finite xmin <= xmax and ymin <= ymax")
+    return name, x0 - 1, y0 - 1, x1 - x0 + 1, y1 - y0 + 1, obj.findtext("difficult", "0").strip() == "1"
+
+
+def voc_size(root: ET.Element, xml: Path, img: Path) -> tuple[int, int]:
+    """(width, height) from <size>, else from the image file."""
+    size = root.find("size")
+    if size is None or not size.findtext("width"):
+        return image_size(img)
+    w, h = size.findtext("width"), size.findtext("height")
+    try:
+        wh = int(float(w)), int(float(h or ""))
+    except ValueError:
+        wh = (0, 0)
+    if min(wh) <= 0:
+        raise DatasetError(f"{xml}: <size> width {w!r} height {h!r} are not positive numbers; fix them or remove "
+                           "<size> (the image's own size is then read)")
+    return wh
 
 
 def read_voc(images_dir: Path, annotations_dir: Path, image_set: Path | None) -> dict:
@@ -184,10 +210,8 @@ def read_voc(images_dir: Path, annotations_dir: Path, image_set: Path | None) ->
         except (OSError, ET.ParseError) as e:
             raise DatasetError(f"{xml}: not a readable VOC annotation ({e}); fix or remove it") from None
         img = images_dir / (root.findtext("filename") or f"{xml.stem}.jpg")
-        size = root.find("size")
-        wh = (int(float(size.findtext("width"))), int(float(size.findtext("height")))) if size is not None \
-            and size.findtext("width") else image_size(img)
-        parsed.append((img, *wh, [voc_object(o, xml) for o in root.iter("object")]))
+        objs = [voc_object(o, xml, k) for k, o in enumerate(root.iter("object"), start=1)]
+        parsed.append((img, *voc_size(root, xml, img), objs))
     names = sorted({o[0] for *_, objs in parsed for o in objs} | set(voc_class_names(annotations_dir)))
     index = {n: i for i, n in enumerate(names)}
     boxes = [[(index[o[0]], *o[1:]) for o in objs] for *_, objs in parsed]
@@ -199,7 +223,7 @@ def voc_class_names(annotations_dir: Path) -> list[str]:
     names = set()
     for xml in annotations_dir.glob("*.xml"):
         try:
-            names |= {str(o.findtext("name")).strip() for o in ET.parse(xml).getroot().iter("object")}
+            names |= {n for o in ET.parse(xml).getroot().iter("object") if (n := (o.findtext("name") or "").strip())}
         except (OSError, ET.ParseError):
             continue  # reported when that file is read as part of a split
     return sorted(names)

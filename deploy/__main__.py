@@ -12,7 +12,7 @@ skipped; a live source that drops is reopened with backoff; SIGTERM / SIGINT sto
 complete (written as .part first; a run that crashes leaves the .part). The model's contract and every path
 the run writes are checked before the first frame.
 Exit code: 0 done, 2 could not start (model, contract, option, output path or source), 3 a live source
-stayed down.
+stayed down or the source gave no frame at all (an empty folder, nothing decodable).
 """
 
 from __future__ import annotations
@@ -39,7 +39,7 @@ from deploy.errors import EdgeVisionError
 from deploy.hardware import fingerprint, kernel_mismatch
 from deploy.health import add_arguments as health_args
 from deploy.health import health
-from deploy.options import check_paths, frame_size, number
+from deploy.options import check_paths, frame_size, make_paths, number
 from deploy.runtime import EXECUTION_PROVIDERS, ModelLoadError, OrtModel
 from deploy.sources import Frame, SourceError, StopFlag, open_source
 
@@ -244,6 +244,7 @@ def run(args: argparse.Namespace) -> int:
     for sig in (signal.SIGTERM, signal.SIGINT):
         signal.signal(sig, lambda signum, _frame: stop.set(signal.Signals(signum).name))
     source = open_source(args.source, max_reopen=args.max_reopen, stop=stop)
+    make_paths(args)  # every check has passed: only now is anything created
     part = Path(str(args.out) + ".part") if args.out else None
     out = open(part, "w") if part else sys.stdout
     annotate_dir = Path(args.annotate) if args.annotate else None
@@ -292,10 +293,18 @@ def run(args: argparse.Namespace) -> int:
             out.close()
             if finished:  # complete lines only, under the final name; a crash leaves FILE.part
                 os.replace(part, args.out)
+    if done == 0 and rc == 0 and not stop.reason:  # a misconfigured mount must not look like a healthy idle run
+        bad = source.stats.bad_frames if source.stats else 0
+        print(f"error: {args.source}: no frame to run on ({'empty' if not bad else f'{bad} unreadable'}); check "
+              "the source (the folder, the video, the camera mount)", file=sys.stderr)
+        rc = 3
     summary = summarize(latencies, done, time.perf_counter() - t_start, source.stats)
     if drift is not None:
         summary["drift"] = {"max_score": drift_max, "frames_over_threshold": drift_frames,
                             "threshold": drift.threshold}
+        if drift_max is None:
+            summary["drift"]["why_no_score"] = (f"a score needs {drift.min_frames} measured frames (one frame in "
+                                                f"{args.drift_every}); this run measured {len(drift.frames)}")
     if stop.reason:
         summary["stopped_by"] = stop.reason
     if os.environ.get(EMULATED):  # under QEMU (deploy.emulate): the latencies are the emulator's, not a device's

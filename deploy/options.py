@@ -36,22 +36,17 @@ def frame_size(text: str) -> tuple[int, int]:
 
 
 def check_paths(args: argparse.Namespace) -> None:
-    """Every path `run` writes, checked before a model loads: a bad one is one line and exit 2, not a
-    traceback at the first frame or the first heartbeat."""
+    """Every path `run` writes, checked before a model loads and without creating anything: a bad one is one
+    line and exit 2, not a traceback at the first frame or the first heartbeat, and a run refused for any
+    reason leaves no folder behind (make_paths creates them once every check has passed)."""
     if args.out:
         out = Path(args.out)
         if out.is_dir():
             raise OptionError(f"--out {out}: is a directory; give a file name such as {out / 'preds.jsonl'}")
-        _make_dir(out.parent, "--out", "the folder it goes in")
-        part = Path(str(out) + ".part")
-        try:  # the one real test of writability (root ignores permission bits)
-            part.open("w").close()
-            part.unlink()
-        except OSError as e:
-            raise OptionError(f"--out {out}: cannot write there ({e.strerror}); choose another path") from None
+        _check_dir(out.parent, "--out", "the folder it goes in")
     for option, folder in (("--annotate", args.annotate), ("--capture", args.capture)):
         if folder:
-            _make_dir(Path(folder), option, "a folder")
+            _check_dir(Path(folder), option, "a folder")
     if args.heartbeat:
         beat = Path(args.heartbeat)
         if beat.is_dir():
@@ -59,6 +54,31 @@ def check_paths(args: argparse.Namespace) -> None:
         if not beat.parent.is_dir() or not os.access(beat.parent, os.W_OK):
             raise OptionError(f"--heartbeat {beat}: folder {beat.parent} does not exist or is not writable; "
                               "create it (the health check reads the file from there)")
+
+
+def make_paths(args: argparse.Namespace) -> None:
+    """Create the output folders and prove --out writable (the one real test: root ignores permission bits)."""
+    if args.out:
+        out = Path(args.out)
+        _make_dir(out.parent, "--out", "the folder it goes in")
+        part = Path(str(out) + ".part")
+        try:
+            part.open("w").close()
+            part.unlink()
+        except OSError as e:
+            raise OptionError(f"--out {out}: cannot write there ({e.strerror}); choose another path") from None
+    for option, folder in (("--annotate", args.annotate), ("--capture", args.capture)):
+        if folder:
+            _make_dir(Path(folder), option, "a folder")
+
+
+def _check_dir(folder: Path, option: str, what: str) -> None:
+    """`folder` is a folder, or can become one: its nearest existing ancestor is a folder."""
+    p = folder.absolute()
+    while not p.exists() and p != p.parent:
+        p = p.parent
+    if not p.is_dir():
+        raise OptionError(f"{option}: {folder} cannot be {what} ({p} is a file); choose another path")
 
 
 def _make_dir(folder: Path, option: str, what: str) -> None:

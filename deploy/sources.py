@@ -7,14 +7,19 @@ Behaviour the runtime documents and the tests hold it to:
     the frame the file was cut in (no JPEG end marker) is a bad frame, not half new and half the last one;
   - a live source (camera, RTSP, pipeline) that drops is reopened with exponential backoff
     (0.5 s doubling to 8 s) and given up after `max_reopen` failed attempts in a row;
-  - a `StopFlag` set by a signal handler ends the backoff at once and the source with it.
+  - a `StopFlag` set by a signal handler ends the backoff at once and the source with it, and a stream's open
+    or read within about a second (opens run in a thread; reads time out after READ_TIMEOUT_MS).
 """
 
 from __future__ import annotations
 
+import os
 import sys
+import tempfile
+import threading
 import time
 from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -25,6 +30,8 @@ from deploy.errors import EdgeVisionError
 from deploy.preprocess import ImageReadError, read_image
 
 IMAGE_SUFFIXES = {".jpg", ".jpeg", ".png", ".bmp", ".webp"}
+# a stream's open and each read (FFmpeg backend): a stalled read ends in time for the stop flag to be seen
+OPEN_TIMEOUT_MS, READ_TIMEOUT_MS = 10_000, 1_000
 
 
 class SourceError(EdgeVisionError, RuntimeError):
@@ -98,6 +105,22 @@ class FolderSource:
             yield Frame(i, f.name, time.time(), img)
 
 
+@contextmanager
+def native_stderr_to_file():
+    """Send what native code writes to this process's stderr (C stdio: OpenCV's container readers print
+    "Unexpected element ... Got: <binary>" for a file cut inside its header) to a discarded file, so the user
+    sees our one-line error and not the library's bytes. Only around a file's open: fd 2 is process-wide."""
+    sys.stderr.flush()
+    saved = os.dup(2)
+    with tempfile.TemporaryFile() as sink:
+        os.dup2(sink.fileno(), 2)
+        try:
+            yield
+        finally:
+            os.dup2(saved, 2)
+            os.close(saved)
+
+
 def jpeg_end_marker(packet: np.ndarray) -> bool:
     """A whole JPEG ends in EOI (FF D9), before any zero padding; FF D9 cannot occur inside the coded data."""
     return packet.size >= 4 and bytes(np.trim_zeros(packet.ravel(), "b")[-2:]) == b"\xff\xd9"
@@ -117,9 +140,37 @@ class VideoSource:
             self.cap = self._reopen()
 
     def _open(self):
+        """An opened capture, or None. A live source opens in a thread the stop flag can walk away from:
+        OpenCV's open blocks (FFmpeg waits up to OPEN_TIMEOUT_MS for a server that accepts the connection and
+        never answers), and a signal handler only runs once it returns, past a container's stop grace period."""
+        if not self.live:
+            return self._open_capture()
+        done, box = threading.Event(), {}
+
+        def target() -> None:
+            try:
+                box["cap"] = self._open_capture()
+            finally:
+                done.set()
+
+        threading.Thread(target=target, name="source-open", daemon=True).start()
+        while not done.wait(0.05):
+            if self.stop.reason is not None:
+                return None  # the open ends in its thread at its timeout; the run ends now
+        return box.get("cap")
+
+    def _open_capture(self):
+        if self.live:
+            return self._open_now()
+        with native_stderr_to_file():  # OpenCV's AVI reader prints raw header bytes on a cut file
+            return self._open_now()
+
+    def _open_now(self):
         src = int(self.spec) if self.spec.isdigit() else self.spec
         api = cv2.CAP_GSTREAMER if "!" in self.spec else cv2.CAP_ANY
-        cap = cv2.VideoCapture(src, api)
+        params = [cv2.CAP_PROP_OPEN_TIMEOUT_MSEC, OPEN_TIMEOUT_MS, cv2.CAP_PROP_READ_TIMEOUT_MSEC, READ_TIMEOUT_MS] \
+            if "://" in self.spec else []  # a stream: bounded waits (a read that times out counts as a miss)
+        cap = cv2.VideoCapture(src, api, params)
         if not cap.isOpened():
             return None
         fourcc = int(cap.get(cv2.CAP_PROP_FOURCC)).to_bytes(4, "little")

@@ -16,6 +16,7 @@ import yaml
 
 from datasets.coco import read_split
 from datasets.config import DatasetError, load_dataset_config
+from datasets.formats import read_voc
 from tests.conftest import REPO
 
 SPLITS = ("train", "val")
@@ -146,3 +147,35 @@ def test_train_one_epoch_from_a_yolo_or_voc_set_by_config_path(formats, tmp_path
                        cwd=REPO, capture_output=True, text=True)
     assert r.returncode == 0, r.stderr[-800:]
     assert (tmp_path / "run" / "detector" / "best.pt").is_file()
+
+
+@pytest.mark.parametrize("line", ["nan 0.5 0.5 0.2 0.2", "inf 0.5 0.5 0.2 0.2", "0 0.5 nan 0.2 0.2"])
+def test_a_non_finite_yolo_number_is_refused_at_its_label_line(formats, line):
+    label = next((Path(load_dataset_config(formats["yolo"]).root) / "labels" / "val").glob("*.txt"))
+    good = label.read_text()
+    try:
+        label.write_text("0 0.5 0.5 0.2 0.2\n" + line + "\n")
+        with pytest.raises(DatasetError, match=rf"{label.name}:2: .* non-finite number") as e:
+            read_split(load_dataset_config(formats["yolo"]), "val")
+        assert str(label) in str(e.value) and "\n" not in str(e.value)
+    finally:
+        label.write_text(good)
+
+
+@pytest.mark.parametrize("size, obj, words", [
+    ("<width>abc</width><height>50</height>", "<name>car</name>", "<size> width 'abc' height '50'"),
+    ("<width>100</width><height>50</height>", "", "object 1 has no <name>"),
+    ("<width>100</width><height>50</height>", "<name>car</name>", "object 1 ('car') has bndbox xmin 30"),
+])
+def test_broken_voc_xml_is_refused_naming_the_xml_file(tmp_path, size, obj, words):
+    (tmp_path / "JPEGImages").mkdir()
+    (tmp_path / "Annotations").mkdir()
+    cv2.imwrite(str(tmp_path / "JPEGImages" / "x.jpg"), np.zeros((50, 100, 3), np.uint8))
+    box = "<xmin>30</xmin><ymin>5</ymin><xmax>10</xmax><ymax>20</ymax>" if "xmin 30" in words else \
+        "<xmin>1</xmin><ymin>1</ymin><xmax>10</xmax><ymax>20</ymax>"
+    xml = tmp_path / "Annotations" / "x.xml"
+    xml.write_text(f"<annotation><filename>x.jpg</filename><size>{size}</size>"
+                   f"<object>{obj}<bndbox>{box}</bndbox></object></annotation>")
+    with pytest.raises(DatasetError) as e:
+        read_voc(tmp_path / "JPEGImages", tmp_path / "Annotations", None)
+    assert str(e.value).startswith(f"{xml}: ") and words in str(e.value) and "\n" not in str(e.value)

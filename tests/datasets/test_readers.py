@@ -131,6 +131,8 @@ def coco_set(tmp_path, images=None, annotations=None):
     (None, [{"id": 12, "image_id": 1, "category_id": 1, "bbox": [1, float("nan"), 3, 4]}], "annotation 12"),
     (None, [{"id": 13, "image_id": 1, "category_id": 1, "bbox": "1 2 3 4"}], "annotation 13"),
     (None, [{"id": 14, "image_id": 7, "category_id": 1, "bbox": [1, 2, 3, 4]}], "refers to image_id 7"),
+    (None, [{"id": 15, "image_id": 1, "category_id": 1, "bbox": [1, 2, 3, 4]},
+            {"id": 15, "image_id": 2, "category_id": 1, "bbox": [1, 2, 3, 4]}], "annotation id 15 appears twice"),
 ])
 def test_broken_coco_input_is_refused_naming_file_and_id(tmp_path, images, annotations, words):
     path = coco_set(tmp_path, images, annotations)

@@ -126,3 +126,59 @@ def test_a_crash_mid_run_leaves_the_part_file_not_the_final_name(tiny_run, tiny_
         for s, h in handlers.items():
             signal.signal(s, h)
     assert not out.exists() and (tmp_path / "preds.jsonl.part").exists()
+
+
+def test_sigterm_while_a_stream_stalls_in_its_open_stops_within_two_seconds(tiny_run, tmp_path):
+    """A server that accepts the connection and never answers holds OpenCV's open for its whole timeout (30 s in
+    FFmpeg by default); docker/compose.yaml gives the container 20 s to stop."""
+    import socket
+
+    server = socket.socket()
+    server.bind(("127.0.0.1", 0))
+    server.listen(4)
+    held = []
+    threading.Thread(target=lambda: held.append(server.accept()), daemon=True).start()
+    out = tmp_path / "preds.jsonl"
+    p = subprocess.Popen([sys.executable, "-m", "deploy", "run", "--model", tiny_run / "export" / "detector.onnx",
+                          "--source", f"rtsp://127.0.0.1:{server.getsockname()[1]}/stream", "--out", out], cwd=REPO,
+                         stderr=subprocess.PIPE, text=True)
+    deadline = time.monotonic() + 30
+    while not held and time.monotonic() < deadline:  # the runtime is inside its open now
+        time.sleep(0.05)
+    time.sleep(0.5)
+    t0 = time.monotonic()
+    p.send_signal(signal.SIGTERM)
+    err = p.communicate(timeout=30)[1]
+    server.close()
+    assert held and time.monotonic() - t0 < 2.0, err
+    assert p.returncode == 0 and summary(err)["stopped_by"] == "SIGTERM"
+    assert out.exists() and not (tmp_path / "preds.jsonl.part").exists()
+
+
+@pytest.mark.parametrize("files, words", [({}, "no frame to run on (empty)"),
+                                          ({"a.jpg": b"not a jpeg"}, "no frame to run on (1 unreadable)")])
+def test_a_source_with_no_frame_is_an_error_not_an_idle_run(tiny_run, tmp_path, files, words):
+    src = tmp_path / "mount"
+    src.mkdir()
+    for name, data in files.items():
+        (src / name).write_bytes(data)
+    r = deploy("run", "--model", tiny_run / "export" / "detector.onnx", "--source", src)
+    assert r.returncode == 3 and f"error: {src}: {words}" in r.stderr and "Traceback" not in r.stderr
+    # and why the drift summary has no score: too few measured frames
+    assert "a score needs" in summary(r.stderr)["drift"]["why_no_score"]
+
+
+def test_a_refused_run_creates_no_folder(tiny_run, tmp_path):
+    r = deploy("run", "--model", tmp_path / "missing.onnx", "--source", tiny_run / "export",
+               "--out", tmp_path / "newdir" / "sub" / "preds.jsonl", "--annotate", tmp_path / "ann")
+    assert r.returncode == 2 and "missing.onnx" in r.stderr
+    assert not (tmp_path / "newdir").exists() and not (tmp_path / "ann").exists()
+
+
+def test_a_video_cut_inside_its_header_is_our_one_line_only(tiny_run, tmp_path):
+    video = tmp_path / "clip.avi"
+    write_video(video, frames=5)
+    video.write_bytes(video.read_bytes()[:300])  # inside the AVI header
+    r = deploy("run", "--model", tiny_run / "export" / "detector.onnx", "--source", video)
+    assert r.returncode == 2 and r.stderr.count("\n") == 1, r.stderr  # not OpenCV's "Unexpected element ..."
+    assert r.stderr.startswith(f"error: {video}: OpenCV cannot open this video")

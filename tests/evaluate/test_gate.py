@@ -45,6 +45,19 @@ def test_a_string_threshold_is_refused_not_a_traceback(tmp_path, capsys, tiny_ru
     assert "detector.min_accuracy: expected float, got str '0.5'" in err
 
 
+@pytest.mark.parametrize("text, words", [
+    ("max_quantization_drop: 0.03\n  max_quantization_drop: 0.5",
+     "line 3: key 'max_quantization_drop' is given twice (first on line 2); keep one"),
+    ("max_quantization_drop: .nan", "line 2: '.nan' is not a finite number"),
+    ("min_accuracy: -.inf", "line 2: '-.inf' is not a finite number")])
+def test_a_duplicate_key_or_a_non_finite_limit_is_refused_at_load(tmp_path, capsys, tiny_run, text, words):
+    """PyYAML takes the last of two keys and parses .nan: either would loosen a check without a word."""
+    path = tmp_path / "gate.yaml"
+    path.write_text(f"detector:\n  {text}\n")
+    err = refused(capsys, ["--run", str(tiny_run), "--config", str(path)])
+    assert words in err and "gate.yaml" in err
+
+
 @pytest.mark.parametrize("bad, words", [({"metric": "mAP50"}, "metric 'mAP50' is not a detector metric"),
                                          ({"latency_ms": {"cpu-1thred": 60}}, "unknown target(s) ['cpu-1thred']")])
 def test_an_unknown_metric_or_latency_target_is_refused(tmp_path, bad, words):

@@ -85,3 +85,13 @@ def test_crops_are_a_segmenter_option_within_the_input_size(tmp_path, tiny_data)
         with pytest.raises(ConfigError, match=r"k\.yaml: segmenter\.train\.crop must be \[h, w\] within \[160, 240\]"):
             load_config(cfg("segmenter", bad))
     assert load_config(cfg("segmenter", {"crop": [64, 96]})).segmenter.train.crop == [64, 96]
+
+
+@pytest.mark.parametrize("text, words", [("name: a\nname: b\n", "line 2: key 'name' is given twice (first on line 1)"),
+                                         ("name: a\nseed: .inf\n", "line 2: '.inf' is not a finite number")])
+def test_every_yaml_refuses_duplicate_keys_and_non_finite_numbers(tmp_path, text, words):
+    path = tmp_path / "c.yaml"
+    path.write_text(text)
+    with pytest.raises(ConfigError, match=words.replace("(", r"\(").replace(")", r"\)")) as e:
+        load_config(path)
+    assert str(path) in str(e.value) and "\n" not in str(e.value)
