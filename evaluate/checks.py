@@ -5,13 +5,21 @@ from __future__ import annotations
 STAGES = ("quantization", "preprocessing", "runtime")
 
 
-def check(task: str, name: str, value, limit, sense: str, stage: str | None = None) -> dict:
-    """`sense` "min": value >= limit passes, "max": value <= limit. No limit or no value: passes, unjudged."""
+def check(task: str, name: str, value, limit, sense: str, stage: str | None = None,
+          interval: list[float] | None = None, strict: bool = False) -> dict:
+    """`sense` "min": value >= limit passes, "max": value <= limit. No limit or no value: passes, unjudged.
+    With a confidence `interval` of the value (evaluate.bootstrap), a value past its limit whose interval still
+    reaches the limit is `within_noise`: a warning that passes, and fails only when `strict`."""
     if limit is None or value is None:
         return {"name": f"{task}: {name}", "value": value, "limit": limit, "passed": True, "stage": stage}
     passed = value >= limit if sense == "min" else value <= limit
-    return {"name": f"{task}: {name}", "value": float(value), "limit": float(limit), "passed": bool(passed),
-            "stage": stage}
+    out = {"name": f"{task}: {name}", "value": float(value), "limit": float(limit), "passed": bool(passed),
+           "stage": stage}
+    if interval is not None:
+        out["interval"] = [float(interval[0]), float(interval[1])]
+        if not passed and (interval[1] >= limit if sense == "min" else interval[0] <= limit):
+            out["within_noise"], out["passed"] = True, not strict
+    return out
 
 
 def skipped_check(task: str, name: str, reason: str) -> dict:

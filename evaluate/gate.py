@@ -40,6 +40,7 @@ from evaluate import attribution as att
 from evaluate import quant_split
 from evaluate.baseline import baseline_checks, baseline_for, class_missing, load_baselines, update_baseline
 from evaluate.bench import interleaved_latency
+from evaluate.bootstrap import LEVEL, RESAMPLES, delta_intervals
 from evaluate.checks import blame, check, skipped_check
 from evaluate.gate_config import MEASURED_TARGETS, GateConfig, GateConfigError, ModelLimits, load_gate_config
 from evaluate.report import write_report
@@ -69,6 +70,8 @@ def get_args_parser() -> argparse.ArgumentParser:
                                                    "x86-avx2|x86-sse4, phones arm64|arm64-dotprod|arm64-i8mm), "
                                                    "ort-mobile, trt:int8|fp16 or module:function")
     p.add_argument("--no-labels", action="store_true", help="score by agreement with fp32 on reference inputs")
+    p.add_argument("--strict", action="store_true", help="fail a drop past its limit even when its 95%% interval "
+                                                         "reaches the limit (within noise: a warning otherwise)")
     p.add_argument("--limit", type=int, default=None, help="score only the first N images")
     p.add_argument("--update-baseline", action="store_true", help="write this run's figures as the new baseline")
     p.add_argument("--require-baseline", action="store_true",
@@ -78,9 +81,11 @@ def get_args_parser() -> argparse.ArgumentParser:
 
 def gate_model(task: str, run: Path, limits: ModelLimits, split: str = "val", deployed_fn=None,
                max_images: int | None = None, labels: bool = True, capture: Path | None = None,
-               int8_path: Path | None = None, evidence_dir: Path | None = None, runtime: str | None = None) -> dict:
-    """Cells, deltas, evidence and checks for one model. `int8_path` overrides the exported INT8 file; `runtime`
-    is a --runtime spec (evaluate.runtime); with captures that recorded outputs, those are the runtime."""
+               int8_path: Path | None = None, evidence_dir: Path | None = None, runtime: str | None = None,
+               strict: bool = False) -> dict:
+    """Cells, deltas, their intervals, evidence and checks for one model. `int8_path` overrides the exported INT8
+    file; `runtime` is a --runtime spec (evaluate.runtime); with captures that recorded outputs, those are the
+    runtime. `strict`: a drop past its limit only within noise fails too."""
     rd = RunDir.of(run)
     ckpt = load_model_record(rd, task)
     fp32 = OrtModel(rd.model(task, "fp32"))
@@ -114,6 +119,7 @@ def gate_model(task: str, run: Path, limits: ModelLimits, split: str = "val", de
         preds[f"reference/int8-{part}"] = ev.predict(OrtModel(path, exact=True).infer, ref_fn, post)
     rt_exact, integer = predict_runtime(ev, rt, int8, dep_fn, post, preds)
     cells = att.score_cells(ev, preds, metric, labels)
+    intervals = delta_intervals(ev, preds, metric, labels) or {}  # paired bootstrap over the images
     out_dir = (evidence_dir or rd.gate) / "worst" / task
     ranked = fp32.contract.ranked  # compared row by matched row
     evidence = {
@@ -137,14 +143,16 @@ def gate_model(task: str, run: Path, limits: ModelLimits, split: str = "val", de
     speedup = {"cpu-1thread": lat["fp32"]["p50"] / lat["int8"]["p50"]}  # side by side: survives a busy machine
     size_mb = int8.path.stat().st_size / 2**20
     checks = [check(task, "quantization drop", d["quantization"], limits.max_quantization_drop, "max",
-                    "quantization"),
+                    "quantization", intervals.get("quantization"), strict),
               check(task, "preprocessing drop", d["preprocessing"], limits.max_preprocessing_drop, "max",
-                    "preprocessing"),
+                    "preprocessing", intervals.get("preprocessing"), strict),
               check(task, "input tensor PSNR dB (reference vs deployed)", evidence["input_tensor"]["min_psnr"],
                     limits.min_input_psnr, "min", "preprocessing")]
     rte = evidence["runtime"]
     pair = rt.name if rte["reference"] == rt.name else f"{rt.name} vs {rte['reference']}"
-    checks += [check(task, f"runtime drop ({pair})", rte["drop"], limits.max_runtime_drop, "max", "runtime"),
+    rt_interval = intervals.get("runtime" if rte["rounding"] is None else "kernels")
+    checks += [check(task, f"runtime drop ({pair})", rte["drop"], limits.max_runtime_drop, "max", "runtime",
+                     rt_interval, strict),
                check(task, f"runtime output SQNR dB ({pair})",
                      min(rte["output_sqnr_db"].values()), limits.min_runtime_sqnr, "min", "runtime")]
     if labels:
@@ -157,7 +165,8 @@ def gate_model(task: str, run: Path, limits: ModelLimits, split: str = "val", de
             checks.append({**check(task, f"int8 latency ms ({target})", None, budget, "max"),
                            "skipped": f"no {target} device here"})
     checks.append(check(task, "int8 size MB", size_mb, limits.max_size_mb, "max"))
-    return {"metric": metric, "labels": labels, "cells": cells, "deltas": d, "evidence": evidence,
+    return {"metric": metric, "labels": labels, "cells": cells, "deltas": d, "intervals": intervals,
+            "evidence": evidence,
             "accuracy": cells["runtime/deployed"],  # deployed inputs through the deployed runtime
             "latency_ms": measured, "speedup": speedup, "size_mb": size_mb, "images": len(ev.images),
             "checks": [c for c in checks if c["limit"] is not None]}  # limits the config leaves out are not checks
@@ -256,7 +265,7 @@ def run_gate(args, cfg: GateConfig) -> dict:
     models = {}
     for task in tasks:
         r = gate_model(task, run, cfg.limits(task), args.split, deployed_fn, args.limit, labels, capture,
-                       runtime=args.runtime)
+                       runtime=args.runtime, strict=args.strict)
         base, reason = bases[task]
         if not args.update_baseline:
             r["checks"] += (baseline_checks(task, r, base, kclass, cfg.baseline, cfg.baseline_tolerance) if base
@@ -320,6 +329,10 @@ def print_verdict(gate: dict) -> None:
               + ", ".join(f"{k} {v:.1f} dB" for k, v in rt["output_sqnr_db"].items()))
         if rt["mismatch"] and "runtime" in g["blame"]:
             print(f"  {task}: runtime: {rt['mismatch']}")
+        ci = g.get("intervals") or {}
+        print(f"  {task}: {int(100 * LEVEL)}% intervals (paired bootstrap, {RESAMPLES} resamples of the {g['images']} "
+              "images): " + (", ".join(f"{k} [{lo:+.4f}, {hi:+.4f}]" for k, (lo, hi) in ci.items()) if ci else
+                             f"none ({g['metric']} has no per-image decomposition)"))
     for task, reason in gate["skipped"].items():
         print(f"  [skip] {task}: not judged ({reason})")
     for ch in gate["checks"]:
@@ -327,8 +340,11 @@ def print_verdict(gate: dict) -> None:
             print(f"  [skip] {ch['name']}: {ch['skipped']}")
             continue
         state = "skip" if ch.get("skipped") else ("pass" if ch["passed"] else "FAIL")
+        state = "warn" if ch.get("within_noise") and ch["passed"] else state
         value = "-" if ch["value"] is None else f"{ch['value']:.4g}"
-        print(f"  [{state}] {ch['name']}: {value} (limit {ch['limit']:.4g})")
+        ci = f" [{ch['interval'][0]:.4g}, {ch['interval'][1]:.4g}]" if "interval" in ch else ""
+        noise = ": past the limit within noise (its interval reaches it)" if ch.get("within_noise") else ""
+        print(f"  [{state}] {ch['name']}: {value}{ci} (limit {ch['limit']:.4g}){noise}")
     print(f"gate: {gate['verdict'].upper()}")
 
 

@@ -59,6 +59,11 @@ def test_gate_passes_clean_pipeline_and_blames_preprocessing_fault(tiny_run, tmp
         assert g["deltas"]["preprocessing"] == 0.0 and g["evidence"]["input_tensor"]["max_abs"] == 0
         assert g["evidence"]["worst_layers"]
         assert set(g["evidence"]["output_sqnr_db"]) <= {"cls_logits", "boxes", "logits"}
+        # an interval for every delta (paired bootstrap over the images), the drop checks carry theirs
+        assert {"quantization", "preprocessing", "interaction", "runtime"} <= set(g["intervals"])
+        assert all(lo <= hi for lo, hi in g["intervals"].values())
+        assert all("interval" in c for c in g["checks"] if c["name"].endswith(("quantization drop",
+                                                                                "preprocessing drop")))
     junit = (tiny_run / "gate" / "gate.junit.xml").read_text()
     assert junit.count("<testcase") == len(clean["checks"]) and "<skipped" in junit  # jetson-orin: no device here
     assert "<failure" not in junit
