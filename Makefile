@@ -74,33 +74,33 @@ demo: setup ## data + train + export + bench + gate on the synthetic dataset, sm
 	$(MAKE) --no-print-directory data train export bench gate CONFIG=$(CONFIG) RUN=$(RUN)
 
 compare-ssdlite: data ## train ours and torchvision SSDLite on the same budget -> runs/compare-ssdlite/results.json
-	$(PY) -m evaluate.compare_ssdlite --config $(CONFIG) --out runs/compare-ssdlite
+	$(PY) -m experiments.compare_ssdlite --config $(CONFIG) --out runs/compare-ssdlite
 
 compare-yolo: setup ## ours vs Ultralytics YOLO11n / YOLO26n (run from .venv-peers) on the same budget -> runs/compare-yolo/results.json
 	test -x $(PEERS)/bin/yolo || ($(PYTHON) -m venv $(PEERS) && $(PEERS)/bin/pip install --quiet -r requirements-peers.txt)
 	$(PY) -m datasets generate --config configs/compare-yolo.yaml
-	$(PY) -m evaluate.compare_yolo --config configs/compare-yolo.yaml --yolo $(PEERS)/bin/yolo --out runs/compare-yolo
+	$(PY) -m experiments.compare_yolo --config configs/compare-yolo.yaml --yolo $(PEERS)/bin/yolo --out runs/compare-yolo
 
 ablate-recipe: data ## one detector per arm of configs/ablate-recipe.yaml (assignment, loss, mosaic, scale) -> runs/ablate-recipe/results.json
-	$(PY) -m evaluate.ablate_recipe --config configs/ablate-recipe.yaml --out runs/ablate-recipe $(ABLATE_ARGS)
+	$(PY) -m experiments.ablate_recipe --config configs/ablate-recipe.yaml --out runs/ablate-recipe $(ABLATE_ARGS)
 
 compare-lraspp: data ## train ours and torchvision LR-ASPP segmenters on the same budget -> runs/compare-lraspp/results.json
-	$(PY) -m evaluate.compare_lraspp --config $(CONFIG) --out runs/compare-lraspp$(if $(filter-out demo,$(NAME)),-$(NAME))
+	$(PY) -m experiments.compare_lraspp --config $(CONFIG) --out runs/compare-lraspp$(if $(filter-out demo,$(NAME)),-$(NAME))
 
 thin-diagnose: setup ## why thin structures are missed: stride ceiling, label shift, width recall -> $(RUN)/thin_diagnose.json
-	$(PY) -m evaluate.thin_diagnose --run $(RUN)
+	$(PY) -m experiments.thin_diagnose --run $(RUN)
 
 robustness: setup ## corruption suite (severities 1-5) and shifted splits per model -> $(RUN)/robustness/
 	$(PY) -m evaluate.robustness --run $(RUN)
 
 ablate-shift: data ## train with augment none vs shift on the same budget; clean vs shifted -> runs/ablate-shift/results.json
-	$(PY) -m evaluate.ablate_shift --config $(ABLATE_CONFIG) --out runs/ablate-shift $(ABLATE_ARGS)
+	$(PY) -m experiments.ablate_shift --config $(ABLATE_CONFIG) --out runs/ablate-shift $(ABLATE_ARGS)
 
 train-seg: data ## train only the segmenter into $(RUN)
 	$(PY) -m train --config $(CONFIG) --out $(RUN) --task segmenter
 
 receptive-field: data ## per-level stride and receptive field of the detector vs the dataset's box sizes
-	$(PY) -m evaluate.receptive_field --config $(CONFIG)
+	$(PY) -m experiments.receptive_field --config $(CONFIG)
 
 lint: setup ## ruff over the code, hadolint over the Dockerfiles (fails on any finding above info)
 	$(PY) -m ruff check .

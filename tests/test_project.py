@@ -36,16 +36,19 @@ def _stage_imports(stage: str) -> dict[str, set[str]]:
     """module file -> the top-level stage packages it imports (anywhere in the file, lazy imports too)."""
     found = {}
     for path in (REPO / stage).glob("*.py"):
-        names = re.findall(r"^\s*(?:from|import) (datasets|train|export|deploy|evaluate)\b", path.read_text(), re.M)
+        pattern = r"^\s*(?:from|import) (datasets|train|export|deploy|evaluate|experiments)\b"
+        names = re.findall(pattern, path.read_text(), re.M)
         found[path.name] = set(names) - {stage}
     return found
 
 
 def test_stages_import_only_upstream():
     """datasets -> train -> export -> evaluate, each importing only the ones before it; deploy (the
-    product) imports no other stage, and every stage may import deploy's one preprocessing."""
+    product) imports no other stage, and every stage may import deploy's one preprocessing. experiments/ (the
+    comparisons and ablations: the lab, not the product) may import every stage, and no stage imports it."""
     upstream = {"deploy": set(), "datasets": {"deploy"}, "train": {"deploy", "datasets"},
-                "export": {"deploy", "datasets", "train"}, "evaluate": {"deploy", "datasets", "train", "export"}}
+                "export": {"deploy", "datasets", "train"}, "evaluate": {"deploy", "datasets", "train", "export"},
+                "experiments": {"deploy", "datasets", "train", "export", "evaluate"}}
     for stage, allowed in upstream.items():
         for module, imported in _stage_imports(stage).items():
             assert imported <= allowed, f"{stage}/{module} imports {sorted(imported - allowed)}"
@@ -54,7 +57,7 @@ def test_stages_import_only_upstream():
 def test_no_stage_imports_ultralytics():
     """Ultralytics is AGPL-3.0: it runs as a peer program for `make compare-yolo`, never inside our packages,
     and stays out of the workstation and field requirements."""
-    for stage in ("datasets", "train", "export", "deploy", "evaluate"):
+    for stage in ("datasets", "train", "export", "deploy", "evaluate", "experiments"):
         for path in (REPO / stage).glob("*.py"):
             assert not re.search(r"^\s*(from|import) ultralytics\b", path.read_text(), re.M), path
     assert not any("ultralytics" in p for p in _pins("requirements.txt") | _pins("requirements-deploy.txt"))

@@ -1,4 +1,4 @@
-"""python -m evaluate.thin_diagnose --run runs/demo [--split val] [--ablate-augment]
+"""python -m experiments.thin_diagnose --run runs/demo [--split val] [--ablate-augment]
 
 Why does the segmenter miss thin structures? Answers with numbers, per thin class:
   (a) stride ceiling: IoU of the ground truth downsampled to the model's finest feature stride (nearest)
@@ -84,7 +84,7 @@ def verdict(d: dict) -> str:
 
 
 def get_args_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog="python -m evaluate.thin_diagnose", description=__doc__,
+    p = argparse.ArgumentParser(prog="python -m experiments.thin_diagnose", description=__doc__,
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--run", required=True)
     p.add_argument("--split", default="val")

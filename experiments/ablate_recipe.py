@@ -1,4 +1,4 @@
-"""python -m evaluate.ablate_recipe --config configs/ablate-recipe.yaml --out runs/ablate-recipe [--seeds N]
+"""python -m experiments.ablate_recipe --config configs/ablate-recipe.yaml --out runs/ablate-recipe [--seeds N]
 
 What each part of the detector recipe gives: trains one detector per arm of the ablation file, each arm the
 base experiment's `detector:` section with the file's and then the arm's keys on top (same data, epochs,
@@ -30,7 +30,7 @@ import yaml
 from datasets.config import read_yaml
 from deploy.errors import EdgeVisionError
 from evaluate.bench import interleaved_latency
-from evaluate.compare_yolo import export_detector, ort_runner
+from experiments.compare_yolo import export_detector, ort_runner
 from train.checkpoint import load_checkpoint
 from train.config import ConfigError, ExperimentConfig, load_config
 from train.loop import fit
@@ -105,7 +105,7 @@ def latencies(models: dict[str, Path], repeats: int) -> dict[str, dict]:
 
 
 def get_args_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog="python -m evaluate.ablate_recipe", description=__doc__,
+    p = argparse.ArgumentParser(prog="python -m experiments.ablate_recipe", description=__doc__,
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--config", default="configs/ablate-recipe.yaml", help="ablation file")
     p.add_argument("--out", default="runs/ablate-recipe")

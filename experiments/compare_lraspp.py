@@ -1,4 +1,4 @@
-"""python -m evaluate.compare_lraspp --config configs/demo.yaml --out runs/compare-lraspp
+"""python -m experiments.compare_lraspp --config configs/demo.yaml --out runs/compare-lraspp
 
 Trains our segmenter and torchvision's lraspp_mobilenet_v3_large (no weights) on the same data, input
 size, epoch budget, schedule, loss (cross-entropy + Dice with the config's class weights) and EMA; scores
@@ -61,7 +61,7 @@ def _runner(model: OrtModel, x):
 
 
 def get_args_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog="python -m evaluate.compare_lraspp", description=__doc__,
+    p = argparse.ArgumentParser(prog="python -m experiments.compare_lraspp", description=__doc__,
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--config", default="configs/demo.yaml")
     p.add_argument("--out", default="runs/compare-lraspp")

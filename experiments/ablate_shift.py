@@ -1,4 +1,4 @@
-"""python -m evaluate.ablate_shift --config configs/ablate-shift.yaml --out runs/ablate-shift [--seeds N]
+"""python -m experiments.ablate_shift --config configs/ablate-shift.yaml --out runs/ablate-shift [--seeds N]
 
 Does domain-shift augmentation pay? Trains the config's detector and segmenter twice on the same budget
 (epochs, schedule, seed): with `train.augment: none` and with `shift` (the camera, lighting, weather and
@@ -66,7 +66,7 @@ def arm_results(run: Path, task: str, split: str, limit: int | None) -> dict:
 
 
 def get_args_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog="python -m evaluate.ablate_shift", description=__doc__,
+    p = argparse.ArgumentParser(prog="python -m experiments.ablate_shift", description=__doc__,
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--config", default="configs/ablate-shift.yaml")
     p.add_argument("--out", default="runs/ablate-shift")

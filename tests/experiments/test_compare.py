@@ -4,8 +4,8 @@ import csv
 
 import pytest
 
-from evaluate.compare_lraspp import train_lraspp
-from evaluate.compare_ssdlite import train_ssdlite
+from experiments.compare_lraspp import train_lraspp
+from experiments.compare_ssdlite import train_ssdlite
 from tests.conftest import REPO
 from train.config import load_config
 
@@ -51,7 +51,7 @@ def test_yolo_layout_holds_the_coco_boxes_normalised_and_empty_files_for_backgro
 
 
 def test_compare_yolo_names_the_missing_yolo_command(tiny_config, tmp_path, capsys):
-    from evaluate.compare_yolo import main
+    from experiments.compare_yolo import main
 
     code = main(["--config", str(tiny_config), "--out", str(tmp_path), "--models", "yolo11n",
                  "--yolo", str(tmp_path / "no-yolo")])
@@ -62,7 +62,7 @@ def test_compare_yolo_names_the_missing_yolo_command(tiny_config, tmp_path, caps
 def test_ablation_arms_are_the_base_detector_with_their_keys_on_top(tiny_config, tmp_path):
     import yaml
 
-    from evaluate.ablate_recipe import arm_configs
+    from experiments.ablate_recipe import arm_configs
     from train.config import ConfigError
 
     spec = tmp_path / "ablate.yaml"
@@ -86,7 +86,7 @@ def test_an_ablation_data_key_replaces_the_base_dataset_and_the_shipped_files_va
                                                                                       monkeypatch):
     import yaml
 
-    from evaluate.ablate_recipe import arm_configs
+    from experiments.ablate_recipe import arm_configs
 
     spec = tmp_path / "ablate.yaml"
     spec.write_text(yaml.safe_dump({"base": str(tiny_config), "data": "configs/data/synthetic-150.yaml",

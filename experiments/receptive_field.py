@@ -1,4 +1,4 @@
-"""python -m evaluate.receptive_field --config configs/demo.yaml [--checkpoint runs/demo/detector/best.pt]
+"""python -m experiments.receptive_field --config configs/demo.yaml [--checkpoint runs/demo/detector/best.pt]
 
 Per FPN level of the detector: stride, theoretical receptive field and the training boxes the level is
 responsible for. Warns when the largest objects exceed the coarsest level's receptive field (the model
@@ -105,7 +105,7 @@ def report(levels: list[dict], sizes: np.ndarray) -> tuple[list[dict], list[str]
 
 
 def get_args_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog="python -m evaluate.receptive_field", description=__doc__,
+    p = argparse.ArgumentParser(prog="python -m experiments.receptive_field", description=__doc__,
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--config", required=True)
     p.add_argument("--checkpoint", default=None, help="take the architecture from a trained detector")

@@ -1,4 +1,4 @@
-"""python -m evaluate.compare_yolo --config configs/compare-yolo.yaml --yolo .venv-peers/bin/yolo
+"""python -m experiments.compare_yolo --config configs/compare-yolo.yaml --yolo .venv-peers/bin/yolo
                                   [--out runs/compare-yolo] [--models ours,yolo11n,yolo26n]
 
 Trains our detector and Ultralytics YOLO11n and YOLO26n from scratch on the same split, input size and epoch
@@ -133,7 +133,7 @@ def score(name: str, path: str, ev: EvalSet, spec: PreprocessSpec) -> dict:
 
 
 def get_args_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog="python -m evaluate.compare_yolo", description=__doc__,
+    p = argparse.ArgumentParser(prog="python -m experiments.compare_yolo", description=__doc__,
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--config", default="configs/compare-yolo.yaml")
     p.add_argument("--yolo", default=".venv-peers/bin/yolo", help="Ultralytics' `yolo` command (its own venv)")

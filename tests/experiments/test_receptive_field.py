@@ -1,6 +1,6 @@
 import numpy as np
 
-from evaluate.receptive_field import receptive_fields, report
+from experiments.receptive_field import receptive_fields, report
 from train.models import Detector
 
 

@@ -1,4 +1,4 @@
-"""python -m evaluate.compare_ssdlite --config configs/demo.yaml --out runs/compare-ssdlite
+"""python -m experiments.compare_ssdlite --config configs/demo.yaml --out runs/compare-ssdlite
 
 Trains our detector and torchvision's ssdlite320_mobilenet_v3_large (no weights) on the same data, input
 size, epoch budget and schedule; scores both with the same pycocotools code and times both with the same
@@ -111,7 +111,7 @@ def ort_latency(onnx_path: Path, x: np.ndarray, warmup: int, repeats: int) -> di
 
 
 def get_args_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog="python -m evaluate.compare_ssdlite", description=__doc__,
+    p = argparse.ArgumentParser(prog="python -m experiments.compare_ssdlite", description=__doc__,
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--config", default="configs/demo.yaml")
     p.add_argument("--out", default="runs/compare-ssdlite")
