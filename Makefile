@@ -10,14 +10,14 @@ NAME ?= $(basename $(notdir $(CONFIG)))
 RUN ?= runs/$(NAME)
 GATE ?= configs/gate.yaml
 GATE_ARGS ?=
-ABLATE_CONFIG ?= configs/ablate-shift.yaml
+ABLATE_CONFIG ?= experiments/configs/ablate-shift.yaml
 PEERS := .venv-peers
 DOCKERFILES := docker/cpu/Dockerfile docker/deploy-cpu/Dockerfile docker/jetson/Dockerfile
 IMAGE_TAG ?= 0.1.0
 
 .DEFAULT_GOAL := help
 .PHONY: help setup qemu arm-env data check-data train export bench gate gate-selftest kernels demo test lint clean distclean compare-ssdlite \
-	compare-lraspp compare-yolo ablate-recipe train-seg thin-diagnose receptive-field robustness ablate-shift \
+	compare-lraspp compare-yolo ablate-recipe train-seg thin-diagnose receptive-field robustness ablate-shift results \
 	docker-cpu docker-deploy docker-jetson
 
 help: ## list the targets
@@ -78,14 +78,17 @@ compare-ssdlite: data ## train ours and torchvision SSDLite on the same budget -
 
 compare-yolo: setup ## ours vs Ultralytics YOLO11n / YOLO26n (run from .venv-peers) on the same budget -> runs/compare-yolo/results.json
 	test -x $(PEERS)/bin/yolo || ($(PYTHON) -m venv $(PEERS) && $(PEERS)/bin/pip install --quiet -r requirements-peers.txt)
-	$(PY) -m datasets generate --config configs/compare-yolo.yaml
-	$(PY) -m experiments.compare_yolo --config configs/compare-yolo.yaml --yolo $(PEERS)/bin/yolo --out runs/compare-yolo
+	$(PY) -m datasets generate --config experiments/configs/compare-yolo.yaml
+	$(PY) -m experiments.compare_yolo --config experiments/configs/compare-yolo.yaml --yolo $(PEERS)/bin/yolo --out runs/compare-yolo
 
-ablate-recipe: data ## one detector per arm of configs/ablate-recipe.yaml (assignment, loss, mosaic, scale) -> runs/ablate-recipe/results.json
-	$(PY) -m experiments.ablate_recipe --config configs/ablate-recipe.yaml --out runs/ablate-recipe $(ABLATE_ARGS)
+ablate-recipe: data ## one detector per arm of experiments/configs/ablate-recipe.yaml (assignment, loss, mosaic, scale) -> runs/ablate-recipe/results.json
+	$(PY) -m experiments.ablate_recipe --config experiments/configs/ablate-recipe.yaml --out runs/ablate-recipe $(ABLATE_ARGS)
 
 compare-lraspp: data ## train ours and torchvision LR-ASPP segmenters on the same budget -> runs/compare-lraspp/results.json
 	$(PY) -m experiments.compare_lraspp --config $(CONFIG) --out runs/compare-lraspp$(if $(filter-out demo,$(NAME)),-$(NAME))
+
+results: setup ## docs/results.md from the results files filed in docs/results/ (file a run's: python -m experiments.results --take FILE)
+	$(PY) -m experiments.results
 
 thin-diagnose: setup ## why thin structures are missed: stride ceiling, label shift, width recall -> $(RUN)/thin_diagnose.json
 	$(PY) -m experiments.thin_diagnose --run $(RUN)

@@ -1,4 +1,5 @@
-"""python -m experiments.ablate_recipe --config configs/ablate-recipe.yaml --out runs/ablate-recipe [--seeds N]
+"""python -m experiments.ablate_recipe --config experiments/configs/ablate-recipe.yaml --out runs/ablate-recipe
+                                     [--seeds N]
 
 What each part of the detector recipe gives: trains one detector per arm of the ablation file, each arm the
 base experiment's `detector:` section with the file's and then the arm's keys on top (same data, epochs,
@@ -6,7 +7,7 @@ schedule and seed), scores each on val through the deploy pre/post-processing, t
 with ONNX Runtime (fp32, batch 1, 1 and 2 threads, alternating rounds) and writes <out>/results.json:
   {"arms": {name: {"map", "map50", "latency_ms": {"1t", "2t"}, "params", "gflops", "seconds",
                    "per_seed": [...]}}, "setup": {...}}
-The ablation file (configs/ablate-recipe.yaml):
+The ablation file (experiments/configs/ablate-recipe.yaml):
   base: configs/demo.yaml        # experiment config whose detector the arms change
   data: configs/data/X.yaml      # optional: train and score on this dataset instead of the base's
   detector: {preset: ...}        # optional: keys on top of the base's detector for every arm (below the arm's)
@@ -29,8 +30,7 @@ import yaml
 
 from datasets.config import read_yaml
 from deploy.errors import EdgeVisionError
-from evaluate.bench import interleaved_latency
-from experiments.compare_yolo import export_detector, ort_runner
+from experiments.peer import export_detector, time_side_by_side, write_results
 from train.checkpoint import load_checkpoint
 from train.config import ConfigError, ExperimentConfig, load_config
 from train.loop import fit
@@ -93,21 +93,17 @@ def train_arm(cfg: ExperimentConfig, run: Path, reuse: bool) -> float:
 def latencies(models: dict[str, Path], repeats: int) -> dict[str, dict]:
     """ORT fp32 p50 per model at 1 and 2 threads, all timed in alternating rounds."""
     with tempfile.TemporaryDirectory() as tmp:
-        runners = {}
+        files = {}
         for name, ckpt_path in models.items():
             onnx_path, _, spec = export_detector(load_checkpoint(ckpt_path), Path(tmp) / f"{name}.onnx")
-            x = np.zeros((1, 3, *spec.input_size), np.uint8)
-            for t in (1, 2):
-                run = ort_runner(str(onnx_path), t)
-                runners[(name, t)] = lambda f=run, a=x: f(a)
-        times = interleaved_latency(runners, 10, repeats)
-    return {name: {f"{t}t": times[(name, t)]["p50"] for t in (1, 2)} for name in models}
+            files[name] = (onnx_path, np.zeros((1, 3, *spec.input_size), np.uint8))
+        return time_side_by_side(files, repeats)
 
 
 def get_args_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="python -m experiments.ablate_recipe", description=__doc__,
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--config", default="configs/ablate-recipe.yaml", help="ablation file")
+    p.add_argument("--config", default="experiments/configs/ablate-recipe.yaml", help="ablation file")
     p.add_argument("--out", default="runs/ablate-recipe")
     p.add_argument("--arms", default=None, help="comma-separated subset of the arms to run")
     p.add_argument("--seeds", type=int, default=1, help="train each arm with seeds seed..seed+N-1; report means")
@@ -152,8 +148,8 @@ def main(argv: list[str] | None = None) -> int:
     except EdgeVisionError as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
-    results = {"arms": arms, "setup": {"config": args.config, "seeds": args.seeds}}
-    (out / "results.json").write_text(json.dumps(results, indent=2))
+    setup = {"config": args.config, "seeds": args.seeds}
+    write_results(out, "ablate-recipe", {"arms": arms}, setup)
     print(f"\n{'arm':<24} {'mAP':>6} {'mAP50':>6} {'ORT 1t ms':>10} {'ORT 2t ms':>10} {'params M':>9} {'GFLOPs':>7}"
           f" {'train s':>8}")
     for name, r in arms.items():

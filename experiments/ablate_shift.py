@@ -1,4 +1,4 @@
-"""python -m experiments.ablate_shift --config configs/ablate-shift.yaml --out runs/ablate-shift [--seeds N]
+"""python -m experiments.ablate_shift --config experiments/configs/ablate-shift.yaml --out runs/ablate-shift [--seeds N]
 
 Does domain-shift augmentation pay? Trains the config's detector and segmenter twice on the same budget
 (epochs, schedule, seed): with `train.augment: none` and with `shift` (the camera, lighting, weather and
@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
-import json
 import sys
 from pathlib import Path
 
@@ -21,6 +20,7 @@ import numpy as np
 
 from datasets.augment import SHIFT_P, closing_augment
 from evaluate.robustness import METRICS, evaluate_model
+from experiments.peer import write_results
 from train.checkpoint import load_checkpoint
 from train.config import ConfigError, load_config
 from train.loop import fit
@@ -68,7 +68,7 @@ def arm_results(run: Path, task: str, split: str, limit: int | None) -> dict:
 def get_args_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="python -m experiments.ablate_shift", description=__doc__,
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--config", default="configs/ablate-shift.yaml")
+    p.add_argument("--config", default="experiments/configs/ablate-shift.yaml")
     p.add_argument("--out", default="runs/ablate-shift")
     p.add_argument("--split", default="test", help="clean split; its shifted copies are <split>_<shift>")
     p.add_argument("--limit", type=int, default=None, help="score only the first N images of each split")
@@ -113,10 +113,9 @@ def main(argv: list[str] | None = None) -> int:
                                                  - results["none"][task]["shifted_mean"][m], 4)}
                       for m in METRICS[task]} for task in tasks if results["none"][task]["shifted_mean"]}
     results["summary"] = summary
-    results["setup"] = {"config": args.config, "split": args.split, "arms": list(ARMS), "seeds": args.seeds,
-                        "epochs": {k: getattr(base, k).train.epochs for k in tasks}}
-    out.mkdir(parents=True, exist_ok=True)
-    (out / "results.json").write_text(json.dumps(results, indent=2))
+    setup = {"config": args.config, "split": args.split, "arms": list(ARMS), "seeds": args.seeds,
+             "epochs": {k: getattr(base, k).train.epochs for k in tasks}}
+    write_results(out, "ablate-shift", results, setup)
     print(f"\n{'model':<10} {'metric':<9} {'clean none':>11} {'clean shift':>12} {'shifted none':>13} "
           f"{'shifted shift':>14}   (shifted = mean over {args.split}_* splits)")
     for task in tasks:

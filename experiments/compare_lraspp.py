@@ -10,10 +10,7 @@ times both with the same ONNX Runtime benchmark (fp32, batch 1, alternating roun
 from __future__ import annotations
 
 import argparse
-import json
-import os
 import sys
-import tempfile
 from pathlib import Path
 
 import torch
@@ -23,12 +20,9 @@ from torchvision.models.segmentation import lraspp_mobilenet_v3_large
 from datasets.metrics import METRICS, EvalSet
 from deploy.contract import Contract
 from deploy.preprocess import preprocess, read_image
-from deploy.runtime import OrtModel
-from evaluate.bench import interleaved_latency
-from export.onnx_export import export_onnx
-from train.checkpoint import load_checkpoint, model_from_checkpoint, torch_runner
-from train.config import load_config
-from train.loop import fit, model_cost, set_seed
+from experiments.peer import config_with, export_and_time, fit_ours, fit_peer, write_results
+from train.checkpoint import torch_runner
+from train.config import ConfigError
 from train.models import InputNormalize
 
 KEYS = METRICS["segmenter"]
@@ -48,16 +42,9 @@ class LRASPPNet(nn.Module):
 
 def train_lraspp(cfg, out: Path) -> nn.Module:
     """LR-ASPP through `fit`: the same data, augmentation, loss, schedule, EMA and best-on-val checkpoint."""
-    task_cfg = cfg.segmenter
-    set_seed(task_cfg.train.seed)  # fit seeds again after building; this makes the initial weights reproducible
-    model = LRASPPNet(len(cfg.dataset().segmentation.classes), task_cfg.channel_order)
-    fit("segmenter", task_cfg, cfg, out, model=model)
-    model.load_state_dict(load_checkpoint(out / "best.pt")["state_dict"])
-    return model.eval()
-
-
-def _runner(model: OrtModel, x):
-    return lambda: model.infer(x)
+    classes = len(cfg.dataset().segmentation.classes)
+    return fit_peer("lraspp_mobilenet_v3_large", "segmenter", cfg, out,
+                    lambda: LRASPPNet(classes, cfg.segmenter.channel_order))
 
 
 def get_args_parser() -> argparse.ArgumentParser:
@@ -71,18 +58,15 @@ def get_args_parser() -> argparse.ArgumentParser:
 
 def main(argv: list[str] | None = None) -> int:
     args = get_args_parser().parse_args(argv)
-    cfg = load_config(args.config)
-    if cfg.segmenter is None:
-        print(f"error: {args.config} has no segmenter section", file=sys.stderr)
+    try:
+        cfg = config_with(args.config, "segmenter")
+    except ConfigError as e:
+        print(f"error: {e}", file=sys.stderr)
         return 2
     out = Path(args.out)
     task_cfg = cfg.segmenter
-    print(f"ours: training {task_cfg.train.epochs} epochs", flush=True)
-    fit("segmenter", task_cfg, cfg, out / "ours" / "segmenter")
-    ckpt = load_checkpoint(out / "ours" / "segmenter" / "best.pt")
-    models = {"ours": model_from_checkpoint(ckpt).eval()}
-    print(f"lraspp_mobilenet_v3_large: training {task_cfg.train.epochs} epochs", flush=True)
-    models["lraspp"] = train_lraspp(cfg, out / "lraspp" / "segmenter")  # its best.pt is kept for re-scoring
+    models = {"ours": fit_ours("segmenter", cfg, out / "ours" / "segmenter")[0],
+              "lraspp": train_lraspp(cfg, out / "lraspp" / "segmenter")}  # its best.pt is kept for re-scoring
     spec = task_cfg.preprocess_spec()
     ev = EvalSet("segmenter", cfg.dataset(), "val")
     results = {}
@@ -91,19 +75,12 @@ def main(argv: list[str] | None = None) -> int:
             r = ev.score(torch_runner(m), lambda im: preprocess(im, spec), {})
         results[name] = {k: r.get(k) for k in KEYS}
     x = preprocess(read_image(ev.images[0]), spec)[0][None]
-    with tempfile.TemporaryDirectory() as tmp:
-        dummy = Contract("segmenter", spec, list(cfg.dataset().segmentation.classes), "compare", ["logits"])
-        paths = {n: export_onnx(m, dummy, Path(tmp) / f"{n}.onnx") for n, m in models.items()}
-        for threads in (1, 2):
-            runners = {n: _runner(OrtModel(pth, threads=threads), x) for n, pth in paths.items()}
-            for n, lat in interleaved_latency(runners, 10, args.repeats).items():
-                results[n].setdefault("latency_ms", {})[f"{threads}t"] = lat["p50"]
-        for n, m in models.items():
-            params, gflops = model_cost(m, tuple(task_cfg.input_size))
-            results[n].update(params=params, gflops=gflops, size_mb=os.path.getsize(paths[n]) / 2**20)
-    results["setup"] = {"config": args.config, "epochs": task_cfg.train.epochs, "input_size": list(task_cfg.input_size),
-                        "cores": os.cpu_count(), "split": "val", "loss": "cross-entropy + Dice, same weights"}
-    (out / "results.json").write_text(json.dumps(results, indent=2))
+    dummy = Contract("segmenter", spec, list(cfg.dataset().segmentation.classes), "compare", ["logits"])
+    for n, cost in export_and_time(models, dummy, x, args.repeats).items():
+        results[n].update(cost)
+    setup = {"config": args.config, "epochs": task_cfg.train.epochs, "input_size": list(task_cfg.input_size),
+             "split": "val", "loss": "cross-entropy + Dice, same weights"}
+    write_results(out, "compare-lraspp", results, setup)
     head = " ".join(f"{k:>12}" for k in KEYS)
     print(f"\n{'model':<7} {head} {'ORT 1t ms':>10} {'ORT 2t ms':>10} {'params M':>9}")
     for n in ("ours", "lraspp"):

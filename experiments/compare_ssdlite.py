@@ -13,14 +13,10 @@ ONNX); anchor decoding and NMS are left out, while ours includes box decoding. B
 from __future__ import annotations
 
 import argparse
-import json
-import os
 import sys
-import tempfile
 from pathlib import Path
 
 import numpy as np
-import onnxruntime as ort
 import torch
 from torch import nn
 from torchvision.models.detection import ssdlite320_mobilenet_v3_large
@@ -31,12 +27,9 @@ from datasets.metrics import EvalSet
 from deploy.contract import Contract
 from deploy.postprocess import Detections
 from deploy.preprocess import boxes_to_image, preprocess, read_image
-from deploy.runtime import session_options
-from evaluate.bench import latency_ms
-from export.onnx_export import export_onnx
-from train.checkpoint import load_checkpoint, model_from_checkpoint, torch_runner
-from train.config import load_config
-from train.loop import fit, model_cost, set_seed
+from experiments.peer import config_with, export_and_time, fit_ours, fit_peer, write_results
+from train.checkpoint import torch_runner
+from train.config import ConfigError
 
 
 class SSDLiteNet(nn.Module):
@@ -75,18 +68,16 @@ class SSDLiteLoss(nn.Module):
 
 
 def train_ssdlite(cfg, out: Path) -> nn.Module:
-    """SSDLite through `fit`: the same data, augmentation, schedule, EMA and best-on-val checkpoint as ours."""
-    task_cfg = cfg.detector
-    spec = task_cfg.preprocess_spec()
+    """SSDLite through `fit`: the same data, augmentation, schedule, EMA and best-on-val checkpoint as ours,
+    with its own matcher, loss and decode."""
+    spec = cfg.detector.preprocess_spec()
     ev = EvalSet("detector", cfg.dataset(), "val")
-    set_seed(task_cfg.train.seed)  # fit seeds again after building; this makes the initial weights reproducible
-    ssd = ssdlite320_mobilenet_v3_large(weights=None, weights_backbone=None,
-                                        num_classes=len(ev.coco.class_names) + 1)  # + background
-    net = SSDLiteNet(ssd)
-    fit("detector", task_cfg, cfg, out, model=net, criterion=SSDLiteLoss(ssd, spec.input_size),
-        evaluator=lambda m: eval_ssdlite(m.ssd.eval(), ev, spec))
-    net.load_state_dict(load_checkpoint(out / "best.pt")["state_dict"])
-    return net.eval()
+    num_classes = len(ev.coco.class_names) + 1  # + background
+    return fit_peer("ssdlite320_mobilenet_v3_large", "detector", cfg, out,
+                    lambda: SSDLiteNet(ssdlite320_mobilenet_v3_large(weights=None, weights_backbone=None,
+                                                                     num_classes=num_classes)),
+                    lambda net: {"criterion": SSDLiteLoss(net.ssd, spec.input_size),
+                                 "evaluator": lambda m: eval_ssdlite(m.ssd.eval(), ev, spec)})
 
 
 def eval_ssdlite(ssd: nn.Module, ev: EvalSet, spec) -> dict:
@@ -101,15 +92,6 @@ def eval_ssdlite(ssd: nn.Module, ev: EvalSet, spec) -> dict:
     return ev.score_predictions(preds)
 
 
-def ort_latency(onnx_path: Path, x: np.ndarray, warmup: int, repeats: int) -> dict:
-    out = {}
-    for n in (1, 2):
-        sess = ort.InferenceSession(str(onnx_path), session_options(n), providers=["CPUExecutionProvider"])
-        name = sess.get_inputs()[0].name
-        out[f"{n}t"] = latency_ms(lambda s=sess, nm=name: s.run(None, {nm: x}), warmup, repeats)["p50"]
-    return out
-
-
 def get_args_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="python -m experiments.compare_ssdlite", description=__doc__,
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -122,37 +104,27 @@ def get_args_parser() -> argparse.ArgumentParser:
 
 def main(argv: list[str] | None = None) -> int:
     args = get_args_parser().parse_args(argv)
-    cfg = load_config(args.config)
-    if cfg.detector is None:
-        print(f"error: {args.config} has no detector section", file=sys.stderr)
+    try:
+        cfg = config_with(args.config, "detector")
+    except ConfigError as e:
+        print(f"error: {e}", file=sys.stderr)
         return 2
     if args.epochs:
         cfg.detector.train.epochs = args.epochs
     epochs = cfg.detector.train.epochs
-    H, W = cfg.detector.input_size
     out = Path(args.out)
-    print(f"ours: training {epochs} epochs", flush=True)
-    fit("detector", cfg.detector, cfg, out / "ours" / "detector")
-    ckpt = load_checkpoint(out / "ours" / "detector" / "best.pt")
-    ours = model_from_checkpoint(ckpt)
-    print(f"ssdlite320_mobilenet_v3_large: training {epochs} epochs", flush=True)
+    ours, ckpt = fit_ours("detector", cfg, out / "ours" / "detector")
     net = train_ssdlite(cfg, out / "ssdlite" / "detector")
     spec = cfg.detector.preprocess_spec()
     ev = EvalSet("detector", cfg.dataset(), "val")
     results = {"ours": ev.score(torch_runner(ours), lambda im: preprocess(im, spec), ckpt["postprocess"]),
                "ssdlite": eval_ssdlite(net.ssd, ev, spec)}
     x = preprocess(read_image(ev.images[0]), spec)[0][None]
-    with tempfile.TemporaryDirectory() as tmp:
-        dummy = Contract("detector", spec, ev.coco.class_names, "compare", ["cls_logits", "boxes"])
-        paths = {"ours": export_onnx(ours, dummy, Path(tmp) / "ours.onnx"),
-                 "ssdlite": export_onnx(net, dummy, Path(tmp) / "ssdlite.onnx")}
-        for name, model in (("ours", ours), ("ssdlite", net)):
-            params, gflops = model_cost(model, (H, W))
-            results[name].update(latency_ms=ort_latency(paths[name], x, 10, args.repeats), params=params,
-                                 gflops=gflops, size_mb=os.path.getsize(paths[name]) / 2**20)
-    results["setup"] = {"config": args.config, "epochs": epochs, "input_size": [H, W], "cores": os.cpu_count(),
-                        "split": "val"}
-    (out / "results.json").write_text(json.dumps(results, indent=2))
+    dummy = Contract("detector", spec, ev.coco.class_names, "compare", ["cls_logits", "boxes"])
+    for name, cost in export_and_time({"ours": ours, "ssdlite": net}, dummy, x, args.repeats).items():
+        results[name].update(cost)
+    setup = {"config": args.config, "epochs": epochs, "input_size": list(spec.input_size), "split": "val"}
+    write_results(out, "compare-ssdlite", results, setup)
     print(f"\n{'model':<9} {'mAP':>6} {'mAP50':>6} {'ORT 1t ms':>10} {'ORT 2t ms':>10} {'params M':>9} {'GFLOPs':>7}")
     for name in ("ours", "ssdlite"):
         r = results[name]

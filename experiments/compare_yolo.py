@@ -1,4 +1,4 @@
-"""python -m experiments.compare_yolo --config configs/compare-yolo.yaml --yolo .venv-peers/bin/yolo
+"""python -m experiments.compare_yolo --config experiments/configs/compare-yolo.yaml --yolo .venv-peers/bin/yolo
                                   [--out runs/compare-yolo] [--models ours,yolo11n,yolo26n]
 
 Trains our detector and Ultralytics YOLO11n and YOLO26n from scratch on the same split, input size and epoch
@@ -29,22 +29,16 @@ import tempfile
 from pathlib import Path
 
 import numpy as np
-import onnxruntime as ort
-from torch import nn
 
 from datasets.coco import read_split
 from datasets.formats import write_yolo
 from datasets.metrics import EvalSet
-from deploy.contract import Contract
 from deploy.errors import EdgeVisionError
 from deploy.postprocess import decode_detector
 from deploy.preprocess import PreprocessSpec, preprocess, read_image
-from deploy.runtime import session_options
-from evaluate.bench import interleaved_latency
-from export.onnx_export import export_onnx
-from train.checkpoint import load_checkpoint, model_from_checkpoint
-from train.config import ExperimentConfig, load_config
-from train.loop import fit, model_cost
+from experiments.peer import config_with, export_detector, fit_ours, ort_runner, time_side_by_side, write_results
+from train.config import ExperimentConfig
+from train.loop import model_cost
 
 MODELS = ("ours", "yolo11n", "yolo26n")
 FAMILY = {"ours": "edge-vision", "yolo11n": "yolo", "yolo26n": "yolo-e2e"}  # deploy.contract.FAMILIES
@@ -93,16 +87,9 @@ def train_peer(name: str, yolo: str, data_yaml: Path, cfg: ExperimentConfig, out
     return info
 
 
-def export_detector(ckpt: dict, path: Path) -> tuple[Path, nn.Module, PreprocessSpec]:
-    """A detector checkpoint -> its fp32 ONNX at `path` (contract from the checkpoint), the model, its spec."""
-    model, spec = model_from_checkpoint(ckpt), PreprocessSpec(**ckpt["preprocess"])
-    contract = Contract("detector", spec, ckpt["class_names"], ckpt["config_hash"], ["cls_logits", "boxes"])
-    return export_onnx(model, contract, path), model, spec
-
-
 def train_ours(cfg: ExperimentConfig, out: Path) -> dict:
-    fit("detector", cfg.detector, cfg, out / "detector")
-    onnx_path, model, spec = export_detector(load_checkpoint(out / "detector" / "best.pt"), out / "detector.onnx")
+    model, ckpt = fit_ours("detector", cfg, out / "detector")
+    onnx_path, model, spec = export_detector(ckpt, out / "detector.onnx")
     params, gflops = model_cost(model, spec.input_size)
     info = {"onnx": str(onnx_path), "params": params, "gflops": gflops}
     (out / "model.json").write_text(json.dumps(info))
@@ -112,13 +99,6 @@ def train_ours(cfg: ExperimentConfig, out: Path) -> dict:
 def model_input(x: np.ndarray, model: str) -> np.ndarray:
     """uint8 (1, 3, H, W) -> what the model takes: YOLO float x/255, ours the bytes."""
     return x if model == "ours" else x.astype(np.float32) * (1.0 / 255.0)
-
-
-def ort_runner(path: str, threads: int):
-    """ONNX Runtime session -> fn(input) -> outputs."""
-    sess = ort.InferenceSession(path, session_options(threads), providers=["CPUExecutionProvider"])
-    name = sess.get_inputs()[0].name
-    return lambda x: sess.run(None, {name: x})
 
 
 def score(name: str, path: str, ev: EvalSet, spec: PreprocessSpec) -> dict:
@@ -135,7 +115,7 @@ def score(name: str, path: str, ev: EvalSet, spec: PreprocessSpec) -> dict:
 def get_args_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="python -m experiments.compare_yolo", description=__doc__,
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--config", default="configs/compare-yolo.yaml")
+    p.add_argument("--config", default="experiments/configs/compare-yolo.yaml")
     p.add_argument("--yolo", default=".venv-peers/bin/yolo", help="Ultralytics' `yolo` command (its own venv)")
     p.add_argument("--out", default="runs/compare-yolo")
     p.add_argument("--models", default=",".join(MODELS),
@@ -185,12 +165,11 @@ def measure(models: dict[str, dict], cfg: ExperimentConfig, repeats: int) -> dic
     ev = EvalSet("detector", cfg.dataset(), "val")
     x = preprocess(read_image(ev.images[0]), spec)[0][None]
     # each model's input is prepared outside the timed call: the network alone is timed
-    runners = {(n, t): (ort_runner(m["onnx"], t), model_input(x, n)) for n, m in models.items() for t in (1, 2)}
-    times = interleaved_latency({k: (lambda f=f, a=a: f(a)) for k, (f, a) in runners.items()}, 10, repeats)
+    times = time_side_by_side({n: (m["onnx"], model_input(x, n)) for n, m in models.items()}, repeats)
     results = {}
     for name, m in models.items():
         results[name] = {**{k: v for k, v in score(name, m["onnx"], ev, spec).items() if k in ("map", "map50")},
-                         "latency_ms": {f"{t}t": times[(name, t)]["p50"] for t in (1, 2)},
+                         "latency_ms": times[name],
                          "params": m["params"], "gflops": m["gflops"]}
     return results
 
@@ -216,9 +195,7 @@ def print_table(results: dict) -> None:
 def main(argv: list[str] | None = None) -> int:
     args = get_args_parser().parse_args(argv)
     try:
-        cfg = load_config(args.config)
-        if cfg.detector is None:
-            raise PeerError(f"{args.config}: no `detector:` section to compare")
+        cfg = config_with(args.config, "detector")
         out = Path(args.out)
         models = train_all(args, cfg, out)
         results = measure(models, cfg, args.repeats)
@@ -226,11 +203,9 @@ def main(argv: list[str] | None = None) -> int:
         print(f"error: {e}", file=sys.stderr)
         return 2
     s = cfg.detector.train
-    results["setup"] = {"config": args.config, "epochs": s.epochs, "batch_size_ours": s.batch_size,
-                        "input_size": cfg.detector.input_size, "cores": os.cpu_count(), "split": "val",
-                        "scoring": EVAL_POST}
-    out.mkdir(parents=True, exist_ok=True)
-    (out / "results.json").write_text(json.dumps(results, indent=2))
+    setup = {"config": args.config, "epochs": s.epochs, "batch_size_ours": s.batch_size,
+             "input_size": cfg.detector.input_size, "split": "val", "scoring": EVAL_POST}
+    write_results(out, "compare-yolo", results, setup)
     print_table(results)
     return 0
 

@@ -95,4 +95,4 @@ def test_an_ablation_data_key_replaces_the_base_dataset_and_the_shipped_files_va
         "configs/data/synthetic-150.yaml"
     monkeypatch.chdir(REPO)  # the shipped files name their configs relative to the repo root
     for shipped in ("ablate-recipe", "ablate-coco128", "ablate-demo150"):
-        assert arm_configs(REPO / "configs" / f"{shipped}.yaml", tmp_path / shipped)  # every arm passes load_config
+        assert arm_configs(REPO / "experiments" / "configs" / f"{shipped}.yaml", tmp_path / shipped)  # every arm passes load_config
