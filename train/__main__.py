@@ -1,4 +1,5 @@
 """python -m train --config configs/demo.yaml --out runs/demo [--task detector|segmenter|all] [--resume]
+                   [--init RUN_OR_CHECKPOINT] [--backbone-weights IMAGENET_STATE_DICT]
 
 Multi-GPU / multi-process: torchrun --nproc_per_node=N -m train --config ... --out ...
 """
@@ -14,6 +15,7 @@ from deploy.preprocess import ImageReadError
 from train import distributed
 from train.checkpoint import CheckpointError
 from train.config import ConfigError, load_config
+from train.finetune import init_checkpoint, init_task
 from train.loop import train_run
 from train.run_dir import RunDir
 
@@ -24,9 +26,28 @@ def get_args_parser() -> argparse.ArgumentParser:
     p.add_argument("--out", required=True, help="run directory, e.g. runs/demo")
     p.add_argument("--task", default="all", choices=["all", "detector", "segmenter"])
     p.add_argument("--resume", action="store_true", help="continue from <out>/<task>/last.pt exactly")
+    p.add_argument("--init", default=None, metavar="RUN_OR_CHECKPOINT",
+                   help="start from a trained model of ours (a run folder or a best.pt): matching tensors loaded, "
+                        "the classification head rebuilt when the classes differ")
     p.add_argument("--backbone-weights", default=None, metavar="PATH",
                    help="local torchvision MobileNetV3 ImageNet state dict (never downloaded)")
     return p
+
+
+def set_init(cfg, args) -> None:
+    """--init onto the config: a run folder starts every task it has; a checkpoint file starts its own task."""
+    if args.resume:
+        raise ConfigError("--init starts a new run from trained weights; --resume continues one: give one of them")
+    tasks = [t for t in ("detector", "segmenter") if getattr(cfg, t) is not None and args.task in ("all", t)]
+    if Path(args.init).is_file():
+        task = init_task(args.init)
+        if task not in tasks:
+            raise ConfigError(f"--init {args.init}: a {task} checkpoint, and this run trains {' and '.join(tasks)}")
+        tasks = [task]
+    else:
+        tasks = [t for t in tasks if RunDir.of(args.init).checkpoint(t).is_file()] or tasks  # none: say which
+    for task in tasks:
+        getattr(cfg, task).model.init = str(init_checkpoint(args.init, task))
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -39,6 +60,8 @@ def main(argv: list[str] | None = None) -> int:
             for task_cfg in (cfg.detector, cfg.segmenter):
                 if task_cfg is not None:
                     task_cfg.model.backbone_weights = args.backbone_weights
+        if args.init:
+            set_init(cfg, args)
         train_run(cfg, RunDir.of(args.out), args.task, args.resume)
         return 0
     except (ConfigError, DatasetError, CheckpointError, ImageReadError, FloatingPointError,

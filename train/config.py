@@ -32,6 +32,7 @@ class ModelConfig:
     backbone_weights: str | None = None  # local torchvision ImageNet checkpoint; never downloaded
     decoder: str | None = None  # segmenter only: concat (unset) | subpixel | subpixel8 (train/models.py Segmenter)
     fused_blocks: int = 0  # leading backbone blocks built as Fused-MBConv (train/models.py FusedInvertedResidual)
+    init: str | None = None  # a run folder or checkpoint of ours to start from (train.finetune; --init)
 
 
 @dataclass

@@ -29,6 +29,7 @@ from train.checkpoint import CheckpointError, check_compatible, load_checkpoint,
 from train.config import ConfigError, ExperimentConfig, ScheduleConfig, TaskConfig
 from train.data import build_dataset, detection_collate, drift_reference, image_paths
 from train.ema import ModelEMA
+from train.finetune import init_from
 from train.losses import DetectionLoss, SegmentationLoss
 from train.models import build_model, count_params
 from train.run_dir import RunDir
@@ -171,6 +172,8 @@ def build_training(task: str, task_cfg: TaskConfig, cfg: ExperimentConfig, val_s
     names = train_set.class_names
     args = model_args(task_cfg, len(names)) if model is None else None
     model = build_model(task, args) if model is None else model
+    if args is not None and task_cfg.model.init:
+        init_from(model, task_cfg.model.init, task, names)
     params, gflops = model_cost(model, spec.input_size)
     if rank == 0:
         name = type(model).__name__ if args is None else f"{task_cfg.model.backbone} x{task_cfg.model.width_mult}"

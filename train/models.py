@@ -7,16 +7,14 @@ tensors in training and in ONNX, and losses are computed outside the model.
 
 from __future__ import annotations
 
-from pathlib import Path
-
 import torch
 import torch.nn.functional as F
 from torch import nn
 from torchvision.models.mobilenetv3 import MobileNetV3, _mobilenet_v3_conf
 
+from train.imagenet import IMAGENET_MEAN, IMAGENET_STD, load_imagenet
+
 BACKBONES = ("mobilenet_v3_small", "mobilenet_v3_large", "mobilenet_v3_small_minimal", "mobilenet_v3_large_minimal")
-IMAGENET_MEAN = (0.485, 0.456, 0.406)  # RGB
-IMAGENET_STD = (0.229, 0.224, 0.225)
 
 
 class InputNormalize(nn.Module):
@@ -63,7 +61,7 @@ class MobileNetV3Backbone(nn.Module):
     """torchvision MobileNetV3 `features`, split into stages that end at the requested strides."""
 
     def __init__(self, arch: str, width_mult: float, out_strides: tuple[int, ...], weights: str | None = None,
-                 fused_blocks: int = 0):
+                 fused_blocks: int = 0, channel_order: str = "RGB"):
         super().__init__()
         if arch not in BACKBONES:
             raise ValueError(f"backbone {arch!r} is not one of {BACKBONES}")
@@ -92,19 +90,17 @@ class MobileNetV3Backbone(nn.Module):
             nn.init.kaiming_normal_(features[0][0].weight, mode="fan_out")  # torchvision's conv init
             with torch.no_grad():
                 features[0][0].weight[:, 3:] = 0  # the padding channel is always zero: keep its weights out
-            if weights:
-                raise ValueError(f"{arch}: ImageNet checkpoints are for the standard variants; train from scratch")
         for m in features.modules():
             if isinstance(m, nn.BatchNorm2d):
                 m.momentum = 0.1  # torchvision's 0.01 suits ImageNet-length schedules; short runs need 0.1
-        if weights:
-            load_backbone_weights(features, weights)
         # find the last layer at each stride with a dry run on a small image
         strides, x = [], torch.zeros(1, in_channels, 64, 64)
         with torch.no_grad():
             for layer in features:
                 x = layer(x)
                 strides.append(64 // x.shape[-1])
+        if weights:  # after the dry run: in training mode it moves BatchNorm's running statistics
+            load_imagenet(features, weights, channel_order)
         stages, channels, start = [], [], 0
         for s in out_strides:
             if s not in strides:
@@ -160,17 +156,6 @@ def _out_channels(seq: nn.Sequential) -> int:
     return convs[-1].out_channels
 
 
-def load_backbone_weights(features: nn.Sequential, path: str) -> None:
-    """Load `features.*` from a local torchvision ImageNet checkpoint (state dict file)."""
-    if not Path(path).is_file():
-        raise FileNotFoundError(f"{path}: backbone checkpoint not found (weights are never downloaded)")
-    sd = torch.load(path, map_location="cpu", weights_only=True)
-    sd = {k[len("features.") :]: v for k, v in sd.items() if k.startswith("features.")}
-    missing, unexpected = features.load_state_dict(sd, strict=False)
-    if missing or unexpected:
-        raise ValueError(f"{path}: not a matching torchvision MobileNetV3 checkpoint ({len(missing)} missing keys)")
-
-
 def conv_bn_relu(cin: int, cout: int, k: int = 1, stride: int = 1, groups: int = 1) -> nn.Sequential:
     pad = 0 if k == stride else (k - 1) // 2  # k == stride: no padding (space-to-depth)
     conv = nn.Conv2d(cin, cout, k, stride, pad, groups=groups, bias=False)
@@ -200,6 +185,7 @@ class Detector(nn.Module):
     """Anchor-free one-stage detector (FCOS-style points, quality-focal classification, GIoU boxes)."""
 
     strides = (8, 16, 32)
+    class_head = "cls_out"  # the layer whose outputs are the classes (train.finetune rebuilds it)
 
     def __init__(self, num_classes: int, backbone: str = "mobilenet_v3_small", width_mult: float = 1.0,
                  channels: int = 64, head_convs: int = 2, channel_order: str = "RGB",
@@ -207,7 +193,8 @@ class Detector(nn.Module):
         super().__init__()
         self.num_classes = num_classes
         self.normalize = build_input(backbone, channel_order)
-        self.backbone = MobileNetV3Backbone(backbone, width_mult, self.strides, backbone_weights, fused_blocks)
+        self.backbone = MobileNetV3Backbone(backbone, width_mult, self.strides, backbone_weights, fused_blocks,
+                                            channel_order)
         self.fpn = FPNLite(self.backbone.out_channels, channels)
         self.cls_tower = nn.Sequential(*[dw_sep(channels, channels) for _ in range(head_convs)])
         self.reg_tower = nn.Sequential(*[dw_sep(channels, channels) for _ in range(head_convs)])
@@ -260,6 +247,8 @@ class Segmenter(nn.Module):
     ONNX Runtime ran it on K channels padded to 16 at full resolution, the fp32 model's slowest node.
     """
 
+    class_head = "classifier"  # the layer whose outputs are the classes (train.finetune rebuilds it)
+
     def __init__(self, num_classes: int, backbone: str = "mobilenet_v3_small", width_mult: float = 1.0,
                  channels: int = 64, head_convs: int = 1, channel_order: str = "RGB",
                  backbone_weights: str | None = None, decoder: str = "concat", fused_blocks: int = 0):
@@ -269,7 +258,8 @@ class Segmenter(nn.Module):
         self.num_classes = num_classes
         self.decoder = decoder
         self.normalize = build_input(backbone, channel_order)
-        self.backbone = MobileNetV3Backbone(backbone, width_mult, (2, 4, 8, 16), backbone_weights, fused_blocks)
+        self.backbone = MobileNetV3Backbone(backbone, width_mult, (2, 4, 8, 16), backbone_weights, fused_blocks,
+                                            channel_order)
         c2, c4, c8, c16 = self.backbone.out_channels
         c, blocks = channels, max(1, head_convs)
         self.context = conv_bn_relu(c16, c, 1)  # LR-ASPP: 1x1 branch gated by global context

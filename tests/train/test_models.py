@@ -181,8 +181,9 @@ def test_backbone_weights_load_from_a_local_torchvision_checkpoint(tmp_path):
     m = Detector(num_classes=2, channels=16, backbone_weights=str(path))
     first = m.backbone.stages[0][0][0].weight
     torch.testing.assert_close(first, ref.features[0][0].weight)
-    with pytest.raises(ValueError, match="standard variants"):
-        Detector(num_classes=2, backbone="mobilenet_v3_small_minimal", backbone_weights=str(path))
+    minimal = Detector(num_classes=2, backbone="mobilenet_v3_small_minimal", backbone_weights=str(path))
+    torch.testing.assert_close(minimal.backbone.stages[0][3].block[2][0].weight[:, :88],  # 88 -> 96 channels
+                               ref.features[3].block[2][0].weight)  # (tests/train/test_imagenet.py: the mapping)
     with pytest.raises(FileNotFoundError, match="never downloaded"):
         Detector(num_classes=2, backbone_weights=str(tmp_path / "missing.pth"))
 
