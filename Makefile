@@ -17,7 +17,7 @@ IMAGE_TAG ?= 0.1.0
 
 .DEFAULT_GOAL := help
 .PHONY: help setup qemu arm-env data check-data train export bench gate gate-selftest kernels demo test lint clean distclean compare-ssdlite \
-	compare-lraspp compare-yolo ablate-recipe train-seg thin-diagnose receptive-field robustness ablate-shift results \
+	compare-lraspp compare-yolo compare-yolo-budget peers ablate-recipe train-seg thin-diagnose receptive-field robustness ablate-shift results \
 	docker-cpu docker-deploy docker-jetson
 
 help: ## list the targets
@@ -76,10 +76,17 @@ demo: setup ## data + train + export + bench + gate on the synthetic dataset, sm
 compare-ssdlite: data ## train ours and torchvision SSDLite on the same budget -> runs/compare-ssdlite/results.json
 	$(PY) -m experiments.compare_ssdlite --config $(CONFIG) --out runs/compare-ssdlite
 
-compare-yolo: setup ## ours vs Ultralytics YOLO11n / YOLO26n (run from .venv-peers) on the same budget -> runs/compare-yolo/results.json
+peers: ## install Ultralytics (AGPL-3.0) into .venv-peers, apart from .venv, for the YOLO comparisons
 	test -x $(PEERS)/bin/yolo || ($(PYTHON) -m venv $(PEERS) && $(PEERS)/bin/pip install --quiet -r requirements-peers.txt)
+
+compare-yolo: setup peers ## ours vs Ultralytics YOLO11n / YOLO26n (run from .venv-peers) on the same budget -> runs/compare-yolo/results.json
 	$(PY) -m datasets generate --config experiments/configs/compare-yolo.yaml
 	$(PY) -m experiments.compare_yolo --config experiments/configs/compare-yolo.yaml --yolo $(PEERS)/bin/yolo --out runs/compare-yolo
+
+compare-yolo-budget: setup peers ## the same at 12 and 40 epochs on 300 scenes, curves per epoch -> runs/compare-yolo-budget/
+	$(PY) -m datasets generate --config experiments/configs/compare-yolo-budget.yaml
+	$(PY) -m experiments.compare_yolo --config experiments/configs/compare-yolo-budget.yaml --epochs 12,40 \
+		--yolo $(PEERS)/bin/yolo --out runs/compare-yolo-budget
 
 ablate-recipe: data ## one detector per arm of experiments/configs/ablate-recipe.yaml (assignment, loss, mosaic, scale) -> runs/ablate-recipe/results.json
 	$(PY) -m experiments.ablate_recipe --config experiments/configs/ablate-recipe.yaml --out runs/ablate-recipe $(ABLATE_ARGS)

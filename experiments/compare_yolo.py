@@ -1,5 +1,5 @@
 """python -m experiments.compare_yolo --config experiments/configs/compare-yolo.yaml --yolo .venv-peers/bin/yolo
-                                  [--out runs/compare-yolo] [--models ours,yolo11n,yolo26n]
+                                  [--out runs/compare-yolo] [--models ours,yolo11n,yolo26n] [--epochs 12,40]
 
 Trains our detector and Ultralytics YOLO11n and YOLO26n from scratch on the same split, input size and epoch
 budget; scores all three with our pycocotools code on the same val images and the same preprocessing (our
@@ -14,11 +14,16 @@ mosaic, close_mosaic, loss) apart from the shared epochs, input size and seed.
 Scoring: all three are decoded with the same settings as Ultralytics' validator (conf 0.001, IoU 0.7, at
 most 300 boxes per image). Each model's folder under <out> is reused when it already holds its ONNX file
 (a YOLO run takes tens of minutes on a CPU); `--fresh` retrains all.
+
+Budgets: `--epochs 12,40` trains every model from scratch once per budget (<out>/<E>ep/), so a short budget is
+not mistaken for a converged one; each model's validation mAP per epoch (its trainer's own) goes into
+results.json and <out>/curves.png, and the table says whether its last epochs still gained.
 """
 
 from __future__ import annotations
 
 import argparse
+import copy
 import json
 import os
 import re
@@ -36,6 +41,7 @@ from datasets.metrics import EvalSet
 from deploy.errors import EdgeVisionError
 from deploy.postprocess import decode_detector
 from deploy.preprocess import PreprocessSpec, preprocess, read_image
+from experiments.curves import flattened, model_curve, plot_curves
 from experiments.peer import config_with, export_detector, fit_ours, ort_runner, time_side_by_side, write_results
 from train.config import ExperimentConfig
 from train.loop import model_cost
@@ -122,6 +128,9 @@ def get_args_parser() -> argparse.ArgumentParser:
                    help="comma-separated subset to train (when not there yet), score and time")
     p.add_argument("--repeats", type=int, default=200, help="timed runs per model and thread count")
     p.add_argument("--fresh", action="store_true", help="retrain every model even when its ONNX is there")
+    p.add_argument("--epochs", default=None,
+                   help="comma-separated epoch budgets, each trained from scratch (e.g. 12,40); default: the "
+                        "config's. Each budget's models go to <out>/<E>ep/")
     return p
 
 
@@ -174,16 +183,16 @@ def measure(models: dict[str, dict], cfg: ExperimentConfig, repeats: int) -> dic
     return results
 
 
-def print_table(results: dict) -> None:
-    print(f"\n{'model':<8} {'mAP':>6} {'mAP50':>6} {'ORT 1t ms':>10} {'ORT 2t ms':>10} {'params M':>9} {'GFLOPs':>7}")
+def print_table(results: dict, curves: dict) -> None:
+    print(f"\n{'model':<8} {'mAP':>6} {'mAP50':>6} {'best val':>9} {'flat':>5} {'ORT 1t ms':>10} {'ORT 2t ms':>10} "
+          f"{'params M':>9} {'GFLOPs':>7}")
     for name, r in results.items():
-        if name == "setup":
-            continue
         params = f"{r['params'] / 1e6:.2f}" if r["params"] else "-"
         gflops = f"{r['gflops']:.2f}" if r["gflops"] else "-"
-        print(f"{name:<8} {r['map']:>6.3f} {r['map50']:>6.3f} {r['latency_ms']['1t']:>10.2f} "
-              f"{r['latency_ms']['2t']:>10.2f} {params:>9} {gflops:>7}")
-    peers = [n for n in results if n not in ("ours", "setup")]
+        flat = {True: "yes", False: "no", None: "-"}[flattened(curves.get(name, []))]
+        print(f"{name:<8} {r['map']:>6.3f} {r['map50']:>6.3f} {num(r.get('best_val_map')):>9} {flat:>5} "
+              f"{r['latency_ms']['1t']:>10.2f} {r['latency_ms']['2t']:>10.2f} {params:>9} {gflops:>7}")
+    peers = [n for n in results if n != "ours"]
     if peers and "ours" in results:
         best = max(peers, key=lambda n: results[n]["map"])
         fast = min(peers, key=lambda n: results[n]["latency_ms"]["1t"])
@@ -192,21 +201,57 @@ def print_table(results: dict) -> None:
               f"1-thread latency: {o['latency_ms']['1t'] / results[fast]['latency_ms']['1t']:.2f}")
 
 
+def num(v) -> str:
+    return "-" if v is None else f"{v:.3f}"
+
+
+def budgets(arg: str | None, cfg: ExperimentConfig) -> list[int]:
+    if arg is None:
+        return [cfg.detector.train.epochs]
+    try:
+        values = sorted({int(v) for v in arg.split(",") if v.strip()})
+    except ValueError:
+        values = []
+    if not values or values[0] < 1:
+        raise PeerError(f"--epochs {arg}: give comma-separated positive epoch counts, e.g. 12,40")
+    return values
+
+
+def run_budget(args, cfg: ExperimentConfig, epochs: int, out: Path) -> tuple[dict, dict]:
+    """Train (or reuse), score and time every model at one epoch budget -> (results, curves)."""
+    cfg = copy.deepcopy(cfg)
+    cfg.detector.train.epochs = epochs
+    models = train_all(args, cfg, out)
+    results = measure(models, cfg, args.repeats)
+    curves = {name: model_curve(name, out / name) for name in models}
+    for name, curve in curves.items():
+        results[name]["best_val_map"] = max((m for _, m in curve), default=None)
+    return results, curves
+
+
 def main(argv: list[str] | None = None) -> int:
     args = get_args_parser().parse_args(argv)
     try:
         cfg = config_with(args.config, "detector")
         out = Path(args.out)
-        models = train_all(args, cfg, out)
-        results = measure(models, cfg, args.repeats)
+        runs = budgets(args.epochs, cfg)
+        per_budget, curves = {}, {}
+        for epochs in runs:
+            folder = out if args.epochs is None else out / f"{epochs}ep"
+            per_budget[str(epochs)], curves[str(epochs)] = run_budget(args, cfg, epochs, folder)
     except EdgeVisionError as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
     s = cfg.detector.train
-    setup = {"config": args.config, "epochs": s.epochs, "batch_size_ours": s.batch_size,
+    setup = {"config": args.config, "epochs": runs, "batch_size_ours": s.batch_size,
              "input_size": cfg.detector.input_size, "split": "val", "scoring": EVAL_POST}
-    write_results(out, "compare-yolo", results, setup)
-    print_table(results)
+    results = per_budget[str(runs[0])] if len(runs) == 1 else {"budgets": per_budget}
+    write_results(out, "compare-yolo", {**results, "curves": curves}, setup)
+    plot_curves(curves, out / "curves.png", f"{cfg.dataset().name}: val mAP per epoch")
+    for epochs in runs:
+        print(f"\n{epochs} epochs:", end="")
+        print_table(per_budget[str(epochs)], curves[str(epochs)])
+    print(f"results: {out / 'results.json'}; curves: {out / 'curves.png'}")
     return 0
 
 

@@ -8,6 +8,8 @@ from __future__ import annotations
 
 from collections.abc import Callable
 
+from experiments.curves import flattened
+
 # kind -> section title, in the doc's order
 TITLES = {
     "kernels": "INT8 accuracy per CPU kernel class",
@@ -75,25 +77,43 @@ def cost_cells(r: dict) -> list[str]:
 
 
 def compare(f: dict, keys) -> list[str]:
-    """Ours beside its peers: accuracy, ORT fp32 latency side by side, size of the model."""
+    """Ours beside its peers: accuracy, ORT fp32 latency side by side, size of the model; one block of rows
+    per epoch budget when the run had several (compare-yolo --epochs 12,40)."""
     r = f["results"]
-    names = [n for n in r if n != "setup"]
-    head = ["model", *[label for _, label in keys], "ORT 1t ms", "ORT 2t ms", "params M", "GFLOPs"]
-    rows = [[n, *[num(r[n].get(k)) for k, _ in keys], *latency_cells(r[n]), *cost_cells(r[n])] for n in names]
     setup = r.get("setup") or {}
+    runs = r["budgets"] if "budgets" in r else {"": {k: v for k, v in r.items() if k not in ("setup", "curves")}}
+    epochs = setup.get("epochs")
+    epochs = ", ".join(map(str, epochs)) if isinstance(epochs, list) else epochs
+    head = ["model", *(["epochs"] if "budgets" in r else []), *[label for _, label in keys],
+            *(["best val mAP", "flattened"] if "curves" in r else []), "ORT 1t ms", "ORT 2t ms", "params M", "GFLOPs"]
+    rows, notes = [], []
+    for budget, models in runs.items():
+        curves = (r.get("curves") or {}).get(budget or str(epochs), {})
+        for n, m in models.items():
+            flat = {True: "yes", False: "no", None: "-"}[flattened(curves.get(n, []))] if curves else "-"
+            rows.append([n, *([budget] if budget else []), *[num(m.get(k)) for k, _ in keys],
+                         *([num(m.get("best_val_map")), flat] if "curves" in r else []),
+                         *latency_cells(m), *cost_cells(m)])
+        notes += summary(models, keys, f"{budget} epochs: " if budget else "")
     lines = provenance(f) + [f"Same split ({setup.get('split', 'val')}), input {setup.get('input_size')}, "
-                             f"{setup.get('epochs')} epochs for every model; fp32 ONNX Runtime, batch 1, p50.", ""]
-    lines += table(head, rows)
-    peers = [n for n in names if n != "ours"]
-    if "ours" in names and peers:
-        key = keys[0][0]
-        best = max(peers, key=lambda n: r[n][key])
-        fast = min(peers, key=lambda n: r[n]["latency_ms"]["1t"])
-        o = r["ours"]
-        lines += ["", f"ours - {best} (best peer): {o[key] - r[best][key]:+.3f} {keys[0][1]}; ours / {fast} "
-                      f"(fastest peer) latency: {o['latency_ms']['1t'] / r[fast]['latency_ms']['1t']:.2f} (1 thread), "
-                      f"{o['latency_ms']['2t'] / r[fast]['latency_ms']['2t']:.2f} (2 threads)."]
-    return lines
+                             f"{epochs} epochs for every model; fp32 ONNX Runtime, batch 1, p50."
+                             + (" Best val mAP: the best epoch of each trainer's own validation; flattened: "
+                                "its last 5 epochs gained < 0.005 on the best before them." if "curves" in r else ""),
+                             ""]
+    return lines + table(head, rows) + ([""] + notes if notes else [])
+
+
+def summary(models: dict, keys, prefix: str) -> list[str]:
+    peers = [n for n in models if n != "ours"]
+    if "ours" not in models or not peers:
+        return []
+    key = keys[0][0]
+    best = max(peers, key=lambda n: models[n][key])
+    fast = min(peers, key=lambda n: models[n]["latency_ms"]["1t"])
+    o = models["ours"]
+    return [f"{prefix}ours - {best} (best peer): {o[key] - models[best][key]:+.3f} {keys[0][1]}; ours / {fast} "
+            f"(fastest peer) latency: {o['latency_ms']['1t'] / models[fast]['latency_ms']['1t']:.2f} (1 thread), "
+            f"{o['latency_ms']['2t'] / models[fast]['latency_ms']['2t']:.2f} (2 threads)."]
 
 
 def ablate_recipe(f: dict) -> list[str]:

@@ -27,20 +27,44 @@ SQUEEZE_EXCITATION = re.compile(r"\.fc[12]\.")
 
 
 def read_state_dict(path: str | Path) -> dict[str, torch.Tensor]:
-    """A torchvision MobileNetV3 state dict file (or one wrapped in {"state_dict"} / {"model"}) ->
-    its `features.*` tensors, prefix removed. ValueError naming the file when it holds none."""
+    """A MobileNetV3 state dict file, torchvision's or timm's (or one wrapped in {"state_dict"} / {"model"}) ->
+    its feature tensors keyed torchvision's way, `features.` removed. ValueError naming the file otherwise."""
     if not Path(path).is_file():
         raise FileNotFoundError(f"{path}: backbone checkpoint not found (weights are never downloaded)")
     sd = torch.load(path, map_location="cpu", weights_only=True)
     for key in ("state_dict", "model"):
         if isinstance(sd, dict) and isinstance(sd.get(key), dict):
             sd = sd[key]
-    feats = {k[len("features."):]: v for k, v in sd.items() if k.startswith("features.")} if isinstance(sd, dict) \
-        else {}
+    sd = sd if isinstance(sd, dict) else {}
+    feats = {k[len("features."):]: v for k, v in sd.items() if k.startswith("features.")}
+    if not feats and "conv_stem.weight" in sd:
+        feats = from_timm(sd)
     if not feats:
-        raise ValueError(f"{path}: no `features.*` tensors; give a torchvision MobileNetV3 state dict "
-                         "(torchvision.models.mobilenet_v3_small(...).state_dict(), saved with torch.save)")
+        raise ValueError(f"{path}: no MobileNetV3 feature tensors (`features.*` of torchvision, `conv_stem` / "
+                         "`blocks.*` of timm); give torchvision.models.mobilenet_v3_small(...).state_dict() or "
+                         "timm.create_model('mobilenetv3_small_100', ...).state_dict(), saved with torch.save")
     return feats
+
+
+def from_timm(sd: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    """timm's MobileNetV3 keys -> torchvision's layer indices: the stem is layer 0, timm's blocks.<stage>.<block>
+    are layers 1, 2, ... in order, each block's tensors kept in their order (the same sequence as
+    torchvision's: expand, depthwise, squeeze-excitation, project); the head after pooling is not a feature.
+    timm's BatchNorm eps is 1e-5 where torchvision's is 1e-3: a negligible difference."""
+    out = {}
+    for k, v in sd.items():
+        if k.startswith("conv_stem."):
+            out["0.0." + k.split(".", 1)[1]] = v
+        elif k.startswith("bn1."):
+            out["0.1." + k.split(".", 1)[1]] = v
+    blocks = sorted({tuple(int(i) for i in k.split(".")[1:3]) for k in sd if k.startswith("blocks.")})
+    index = {b: i + 1 for i, b in enumerate(blocks)}
+    for k, v in sd.items():
+        if k.startswith("blocks."):
+            _, stage, block, rest = k.split(".", 3)
+            rest = rest.replace("se.conv_reduce.", "se.fc1.").replace("se.conv_expand.", "se.fc2.")
+            out[f"{index[(int(stage), int(block))]}.{rest}"] = v
+    return out
 
 
 def by_layer(sd: dict[str, torch.Tensor], drop_se: bool) -> dict[str, list[str]]:

@@ -96,3 +96,34 @@ def test_an_ablation_data_key_replaces_the_base_dataset_and_the_shipped_files_va
     monkeypatch.chdir(REPO)  # the shipped files name their configs relative to the repo root
     for shipped in ("ablate-recipe", "ablate-coco128", "ablate-demo150"):
         assert arm_configs(REPO / "experiments" / "configs" / f"{shipped}.yaml", tmp_path / shipped)  # every arm passes load_config
+
+
+def test_budgets_train_each_model_per_budget_with_curves_a_plot_and_a_doc_table(tiny_config, tmp_path):
+    import json
+
+    from experiments.compare_yolo import main
+    from experiments.results import render, take
+
+    out = tmp_path / "compare-yolo"
+    assert main(["--config", str(tiny_config), "--out", str(out), "--models", "ours", "--epochs", "2,1",
+                 "--repeats", "3"]) == 0
+    r = json.loads((out / "results.json").read_text())
+    assert set(r["budgets"]) == {"1", "2"} and r["setup"]["epochs"] == [1, 2]
+    assert [e for e, _ in r["curves"]["2"]["ours"]] == [1, 2] and (out / "2ep" / "ours" / "model.json").is_file()
+    assert r["budgets"]["2"]["ours"]["best_val_map"] == max(m for _, m in r["curves"]["2"]["ours"])
+    assert (out / "curves.png").stat().st_size > 0
+    take(out / "results.json", None, None, root=tmp_path / "filed")
+    doc = render(tmp_path / "filed")
+    assert "| model | epochs |" in doc and "| ours | 1 |" in doc and "| ours | 2 |" in doc
+
+
+def test_curves_read_ultralytics_padded_columns_and_say_when_a_model_has_flattened(tmp_path):
+    from experiments.curves import flattened, model_curve
+
+    (tmp_path / "train").mkdir()
+    rows = ["{:>10},{:>20}".format("epoch", "metrics/mAP50-95(B)")]
+    rows += [f"{e:>10},{m:>20}" for e, m in enumerate([0.1, 0.3, 0.5, 0.6, 0.61, 0.612, 0.612, 0.613, 0.613, 0.613, 0.614], 1)]
+    (tmp_path / "train" / "results.csv").write_text("\n".join(rows) + "\n")
+    curve = model_curve("yolo11n", tmp_path)
+    assert curve[0] == (1, 0.1) and len(curve) == 11
+    assert flattened(curve) is True and flattened(curve[:6]) is False and flattened(curve[:3]) is None

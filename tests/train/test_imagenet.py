@@ -71,7 +71,7 @@ def test_squeeze_excitation_is_left_out_and_a_foreign_file_is_refused(source, tm
     assert counts["unused"] == se > 0 and counts["new"] == 0 and counts["loaded"] > counts["padded"] > 0
     bad = tmp_path / "resnet.pth"
     torch.save({"conv1.weight": torch.zeros(1)}, bad)
-    with pytest.raises(ValueError, match="resnet.pth: no `features.\\*` tensors"):
+    with pytest.raises(ValueError, match="resnet.pth: no MobileNetV3 feature tensors"):
         MobileNetV3Backbone("mobilenet_v3_small_minimal", 1.0, (32,), weights=str(bad))
 
 
@@ -81,3 +81,34 @@ def test_the_standard_variant_loads_every_tensor(source):
     got = torch.nn.Sequential(*ours).state_dict()
     want = {k[len("features."):]: v for k, v in net.state_dict().items() if k.startswith("features.")}
     assert set(got) == set(want) and all(torch.equal(got[k], want[k]) for k in want)
+
+
+def test_a_timm_state_dict_maps_like_the_torchvision_one(source, tmp_path):
+    """timm names the same tensors conv_stem / bn1 / blocks.<stage>.<block>.*, in the same order."""
+    net, path = source
+    stages = [1, 2, 3, 2, 3, 1]  # timm's mobilenetv3_small_100: blocks per stage, torchvision's features 1-12
+    where = [(s, b) for s, n in enumerate(stages) for b in range(n)]
+    timm = {}
+    for k, v in net.state_dict().items():
+        if not k.startswith("features."):
+            timm[k.replace("classifier.0", "conv_head")] = v
+            continue
+        layer, rest = k[len("features."):].split(".", 1)
+        if layer == "0":
+            timm[("conv_stem." if rest.startswith("0.") else "bn1.") + rest.split(".", 1)[1]] = v
+        else:
+            rest = rest.replace(".fc1.", ".conv_reduce.").replace(".fc2.", ".conv_expand.")
+            rest = rest.replace("block.2.conv_", "se.conv_").replace("block.1.conv_", "se.conv_")
+            s, b = where[int(layer) - 1]
+            timm[f"blocks.{s}.{b}.{rest}"] = v
+    timm_path = tmp_path / "mobilenetv3_small_100.pth"
+    torch.save({"state_dict": timm}, timm_path)
+
+    def built(weights=None):  # the same fresh init each time: padded channels keep theirs
+        torch.manual_seed(0)
+        backbone = MobileNetV3Backbone("mobilenet_v3_small_minimal", 1.0, (32,), weights=weights)
+        return torch.nn.Sequential(*layers(backbone)).state_dict()
+
+    a, b, fresh = built(str(path)), built(str(timm_path)), built()
+    loaded = [k for k in a if not torch.equal(a[k], fresh[k])]
+    assert len(loaded) > 100 and all(torch.equal(a[k], b[k]) for k in a)
