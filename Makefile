@@ -17,7 +17,7 @@ IMAGE_TAG ?= 0.1.0
 
 .DEFAULT_GOAL := help
 .PHONY: help setup qemu arm-env data check-data train export bench gate gate-selftest kernels demo test lint clean distclean compare-ssdlite \
-	compare-lraspp compare-yolo compare-yolo-budget peers ablate-recipe train-seg thin-diagnose receptive-field robustness ablate-shift results \
+	compare-lraspp compare-yolo compare-yolo-budget peers wire-recipe ablate-recipe train-seg thin-diagnose receptive-field robustness ablate-shift results \
 	docker-cpu docker-deploy docker-jetson
 
 help: ## list the targets
@@ -96,6 +96,10 @@ compare-lraspp: data ## train ours and torchvision LR-ASPP segmenters on the sam
 
 results: setup ## docs/results.md from the results files filed in docs/results/ (file a run's: python -m experiments.results --take FILE)
 	$(PY) -m experiments.results
+
+wire-recipe: setup ## the thin-structure recipe on generated 1-px power lines, 3 seeds, ODS / OIS at 2 px and BSDS -> runs/wire-recipe/
+	$(PY) -m datasets generate --config configs/wires.yaml
+	$(PY) -m experiments.thin_recipe --config configs/wires.yaml --out runs/wire-recipe --seeds 3
 
 thin-diagnose: setup ## why thin structures are missed: stride ceiling, label shift, width recall -> $(RUN)/thin_diagnose.json
 	$(PY) -m experiments.thin_diagnose --run $(RUN)

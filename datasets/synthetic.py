@@ -253,6 +253,12 @@ def prepare_dataset(config: str | Path, force: bool = False) -> None:
     if not force and stamp.is_file() and json.loads(stamp.read_text()) == settings:
         print(f"dataset {cfg.name}: up to date at {root}")
         return
-    print(f"dataset {cfg.name}: generating {settings['splits']} at {root} ...", flush=True)
-    generate(root, settings["seed"], settings["splits"], tuple(settings["image_size"]), settings["shifts"])
+    if settings.get("scene") == "wires":  # aerial power lines in the layout of the power-line sets
+        from datasets.wires import generate_wires  # it builds on this module
+
+        print(f"dataset {cfg.name}: generating {settings['count']} aerial wire scenes at {root} ...", flush=True)
+        generate_wires(root, settings["seed"], settings["count"], tuple(settings["image_size"]))
+    else:
+        print(f"dataset {cfg.name}: generating {settings['splits']} at {root} ...", flush=True)
+        generate(root, settings["seed"], settings["splits"], tuple(settings["image_size"]), settings["shifts"])
     stamp.write_text(json.dumps(settings))

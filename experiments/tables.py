@@ -19,6 +19,7 @@ TITLES = {
     "compare-lraspp": "Segmenter vs torchvision LR-ASPP",
     "ablate-recipe": "Detector recipe ablation",
     "ablate-shift": "Domain-shift augmentation ablation",
+    "thin-recipe": "Thin-structure recipe over seeds",
 }
 COMMANDS = {
     "kernels": "make kernels RUN=runs/{run}",
@@ -28,6 +29,7 @@ COMMANDS = {
     "compare-lraspp": "python -m experiments.compare_lraspp --config {config} --out runs/{name}",
     "ablate-recipe": "python -m experiments.ablate_recipe --config {config} --out runs/{name} --seeds {seeds}",
     "ablate-shift": "python -m experiments.ablate_shift --config {config} --out runs/{name} --seeds {seeds}",
+    "thin-recipe": "python -m experiments.thin_recipe --config {config} --out runs/{name} --seeds {seeds}",
 }
 SEG_KEYS = (("miou", "mIoU"), ("thin_iou", "thin IoU"), ("ods_f1", "ODS F1"), ("ois_f1", "OIS F1"),
             ("recall_1_2px", "recall 1-2 px"), ("boundary_f1", "boundary F1"))
@@ -192,6 +194,22 @@ def bench(f: dict) -> list[str]:
     return lines
 
 
+def thin_recipe(f: dict) -> list[str]:
+    r = f["results"]
+    setup = r.get("setup") or {}
+    cols = [("thin_iou", "thin IoU"), ("ods_f1@2", "ODS 2 px"), ("ois_f1@2", "OIS 2 px"), ("ods_f1@bsds", "ODS bsds"),
+            ("ois_f1@bsds", "OIS bsds"), ("boundary_f1", "boundary F1"), ("recall_1px", "recall 1 px"),
+            ("recall_1_2px", "recall 1-2 px")]
+    cols = [c for c in cols if any(s.get(c[0]) is not None for s in r["seeds"])]  # what this run measured
+    rows = [[str(s["seed"]), *[num(s.get(k), 4) for k, _ in cols], num(s.get("seconds"), 0)] for s in r["seeds"]]
+    rows.append(["mean", *[num(r["mean"].get(k), 4) for k, _ in cols], "-"])
+    data = "generated scenes" if setup.get("generated") else "real photos"
+    return provenance(f) + [f"{setup.get('images')} val images of `{setup.get('data')}` ({data}), "
+                            f"{setup.get('epochs')} epochs per seed, input {setup.get('input_size')}; bsds = "
+                            "0.0075 x the image diagonal.", ""] + table(["seed", *[c for _, c in cols], "train s"],
+                                                                        rows)
+
+
 RENDER: dict[str, Callable[[dict], list[str]]] = {
     "kernels": kernels,
     "bench": bench,
@@ -200,4 +218,5 @@ RENDER: dict[str, Callable[[dict], list[str]]] = {
     "compare-lraspp": lambda f: compare(f, SEG_KEYS),
     "ablate-recipe": ablate_recipe,
     "ablate-shift": ablate_shift,
+    "thin-recipe": thin_recipe,
 }

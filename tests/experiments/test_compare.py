@@ -95,7 +95,8 @@ def test_an_ablation_data_key_replaces_the_base_dataset_and_the_shipped_files_va
         "configs/data/synthetic-150.yaml"
     monkeypatch.chdir(REPO)  # the shipped files name their configs relative to the repo root
     for shipped in ("ablate-recipe", "ablate-coco128", "ablate-demo150"):
-        assert arm_configs(REPO / "experiments" / "configs" / f"{shipped}.yaml", tmp_path / shipped)  # every arm passes load_config
+        # every arm passes load_config
+        assert arm_configs(REPO / "experiments" / "configs" / f"{shipped}.yaml", tmp_path / shipped)
 
 
 def test_budgets_train_each_model_per_budget_with_curves_a_plot_and_a_doc_table(tiny_config, tmp_path):
@@ -122,7 +123,8 @@ def test_curves_read_ultralytics_padded_columns_and_say_when_a_model_has_flatten
 
     (tmp_path / "train").mkdir()
     rows = ["{:>10},{:>20}".format("epoch", "metrics/mAP50-95(B)")]
-    rows += [f"{e:>10},{m:>20}" for e, m in enumerate([0.1, 0.3, 0.5, 0.6, 0.61, 0.612, 0.612, 0.613, 0.613, 0.613, 0.614], 1)]
+    maps = [0.1, 0.3, 0.5, 0.6, 0.61, 0.612, 0.612, 0.613, 0.613, 0.613, 0.614]
+    rows += [f"{e:>10},{m:>20}" for e, m in enumerate(maps, 1)]
     (tmp_path / "train" / "results.csv").write_text("\n".join(rows) + "\n")
     curve = model_curve("yolo11n", tmp_path)
     assert curve[0] == (1, 0.1) and len(curve) == 11

@@ -5,8 +5,8 @@ import pytest
 import torch
 from torchvision.models import mobilenet_v3_small
 
-from train.models import MobileNetV3Backbone, UnitInput
 from train.imagenet import IMAGENET_MEAN, IMAGENET_STD
+from train.models import MobileNetV3Backbone, UnitInput
 
 
 @pytest.fixture(scope="module")
