@@ -136,6 +136,9 @@ class ExperimentConfig:
         """sha256 over this config and the dataset config it names (16 hex chars)."""
         payload = {"experiment": asdict(self), "dataset": asdict(self.dataset())}
         payload["dataset"].pop("source", None)
+        for task in ("detector", "segmenter"):  # an unset --init keeps the hashes runs were made with
+            if (payload["experiment"].get(task) or {}).get("model", {}).get("init", "") is None:
+                del payload["experiment"][task]["model"]["init"]
         return hashlib.sha256(json.dumps(payload, sort_keys=True).encode()).hexdigest()[:16]
 
 

@@ -95,3 +95,22 @@ def test_every_yaml_refuses_duplicate_keys_and_non_finite_numbers(tmp_path, text
     with pytest.raises(ConfigError, match=words.replace("(", r"\(").replace(")", r"\)")) as e:
         load_config(path)
     assert str(path) in str(e.value) and "\n" not in str(e.value)
+
+
+def test_an_unset_init_keeps_the_config_hash_and_a_set_one_changes_it(monkeypatch):
+    import hashlib
+    import json
+
+    from tests.conftest import REPO
+
+    monkeypatch.chdir(REPO)
+    cfg = load_config("configs/demo.yaml")
+    # the hash runs were made with before `model.init` existed: the same payload without the key
+    payload = {"experiment": dataclasses.asdict(cfg), "dataset": dataclasses.asdict(cfg.dataset())}
+    payload["dataset"].pop("source")
+    for task in ("detector", "segmenter"):
+        del payload["experiment"][task]["model"]["init"]
+    assert cfg.hash() == hashlib.sha256(json.dumps(payload, sort_keys=True).encode()).hexdigest()[:16]
+    before = cfg.hash()
+    cfg.detector.model.init = "runs/demo"
+    assert cfg.hash() != before
