@@ -111,6 +111,9 @@ def map_features(features: nn.Sequential, src: dict[str, torch.Tensor], channel_
     drop_se = not any(SQUEEZE_EXCITATION.search(k) for k in dst)  # the _minimal backbones have none
     out, counts = dict(dst), dict.fromkeys(("loaded", "padded", "folded", "new", "unused"), 0)
     src_groups, used = by_layer(src, drop_se), set()
+    if len(src_groups) != len(by_layer(dst, drop_se)):  # small vs large: nothing lines up, even where it fits
+        raise ValueError(f"the file has {len(src_groups)} feature layers and this backbone "
+                         f"{len(by_layer(dst, drop_se))}: another MobileNetV3 variant; give the same one")
     for layer, dkeys in by_layer(dst, drop_se).items():
         skeys = src_groups.get(layer, [])
         pairs = list(zip(skeys, dkeys, strict=True)) if len(skeys) == len(dkeys) else []
@@ -139,7 +142,11 @@ def map_features(features: nn.Sequential, src: dict[str, torch.Tensor], channel_
 
 def load_imagenet(features: nn.Sequential, path: str | Path, channel_order: str = "RGB") -> dict[str, int]:
     """Map the file at `path` onto `features`, print what was loaded, and refuse a file that fits nothing."""
-    counts = map_features(features, read_state_dict(path), channel_order)
+    sd = read_state_dict(path)
+    try:
+        counts = map_features(features, sd, channel_order)
+    except ValueError as e:  # map_features does not know the file
+        raise ValueError(f"{path}: {e}") from None
     if counts["loaded"] + counts["padded"] == 0:
         raise ValueError(f"{path}: no tensor fits this backbone (another MobileNetV3 variant or width?); give the "
                          "state dict of the same variant and width_mult")

@@ -112,3 +112,12 @@ def test_a_timm_state_dict_maps_like_the_torchvision_one(source, tmp_path):
     a, b, fresh = built(str(path)), built(str(timm_path)), built()
     loaded = [k for k in a if not torch.equal(a[k], fresh[k])]
     assert len(loaded) > 100 and all(torch.equal(a[k], b[k]) for k in a)
+
+
+def test_another_variant_is_refused_naming_the_file(tmp_path):
+    from torchvision.models import mobilenet_v3_large
+
+    path = tmp_path / "large.pth"
+    torch.save(mobilenet_v3_large(weights=None).state_dict(), path)
+    with pytest.raises(ValueError, match="large.pth: the file has 17 feature layers and this backbone 13"):
+        MobileNetV3Backbone("mobilenet_v3_small_minimal", 1.0, (32,), weights=str(path))
