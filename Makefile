@@ -83,10 +83,10 @@ compare-yolo: setup peers ## ours vs Ultralytics YOLO11n / YOLO26n (run from .ve
 	$(PY) -m datasets generate --config experiments/configs/compare-yolo.yaml
 	$(PY) -m experiments.compare_yolo --config experiments/configs/compare-yolo.yaml --yolo $(PEERS)/bin/yolo --out runs/compare-yolo
 
-compare-yolo-budget: setup peers ## the same at 12 and 40 epochs on 300 scenes, curves per epoch -> runs/compare-yolo-budget/
+compare-yolo-budget: setup peers ## the same at 12, 40 and 80 epochs on 300 scenes, curves per epoch -> runs/compare-yolo-budget/
 	$(PY) -m datasets generate --config experiments/configs/compare-yolo-budget.yaml
-	$(PY) -m experiments.compare_yolo --config experiments/configs/compare-yolo-budget.yaml --epochs 12,40 \
-		--yolo $(PEERS)/bin/yolo --out runs/compare-yolo-budget
+	$(PY) -m experiments.compare_yolo --config experiments/configs/compare-yolo-budget.yaml --epochs 12,40,80 \
+		--yolo $(PEERS)/bin/yolo --out runs/compare-yolo-budget $(COMPARE_ARGS)
 
 ablate-recipe: data ## one detector per arm of experiments/configs/ablate-recipe.yaml (assignment, loss, mosaic, scale) -> runs/ablate-recipe/results.json
 	$(PY) -m experiments.ablate_recipe --config experiments/configs/ablate-recipe.yaml --out runs/ablate-recipe $(ABLATE_ARGS)

@@ -1,5 +1,5 @@
 """python -m experiments.compare_yolo --config experiments/configs/compare-yolo.yaml --yolo .venv-peers/bin/yolo
-                                  [--out runs/compare-yolo] [--models ours,yolo11n,yolo26n] [--epochs 12,40]
+                                  [--out runs/compare-yolo] [--models ours,yolo11n,yolo26n] [--epochs 12,40,80]
 
 Trains our detector and Ultralytics YOLO11n and YOLO26n from scratch on the same split, input size and epoch
 budget; scores all three with our pycocotools code on the same val images and the same preprocessing (our
@@ -15,9 +15,11 @@ Scoring: all three are decoded with the same settings as Ultralytics' validator 
 most 300 boxes per image). Each model's folder under <out> is reused when it already holds its ONNX file
 (a YOLO run takes tens of minutes on a CPU); `--fresh` retrains all.
 
-Budgets: `--epochs 12,40` trains every model from scratch once per budget (<out>/<E>ep/), so a short budget is
+Budgets: `--epochs 12,40,80` trains every model from scratch once per budget (<out>/<E>ep/), so a short budget is
 not mistaken for a converged one; each model's validation mAP per epoch (its trainer's own) goes into
-results.json and <out>/curves.png, and the table says whether its last epochs still gained.
+results.json and <out>/curves.png, and the table says whether its last epochs still gained. Ultralytics keeps its one
+recipe at every budget; ours may train every budget but the shortest with another (`--long-recipe CONFIG`: an
+experiment config on the same data and input size, e.g. with mosaic), which the setup records.
 """
 
 from __future__ import annotations
@@ -43,6 +45,7 @@ from deploy.postprocess import decode_detector
 from deploy.preprocess import PreprocessSpec, preprocess, read_image
 from experiments.curves import flattened, model_curve, plot_curves
 from experiments.peer import config_with, export_detector, fit_ours, ort_runner, time_side_by_side, write_results
+from train.checkpoint import load_checkpoint
 from train.config import ExperimentConfig
 from train.loop import model_cost
 
@@ -128,22 +131,30 @@ def get_args_parser() -> argparse.ArgumentParser:
                    help="comma-separated subset to train (when not there yet), score and time")
     p.add_argument("--repeats", type=int, default=200, help="timed runs per model and thread count")
     p.add_argument("--fresh", action="store_true", help="retrain every model even when its ONNX is there")
+    p.add_argument("--long-recipe", default=None, metavar="CONFIG",
+                   help="experiment config whose detector ours trains with at every budget but the shortest "
+                        "(same data and input size); default: --config's at every budget")
     p.add_argument("--epochs", default=None,
-                   help="comma-separated epoch budgets, each trained from scratch (e.g. 12,40); default: the "
+                   help="comma-separated epoch budgets, each trained from scratch (e.g. 12,40,80); default: the "
                         "config's. Each budget's models go to <out>/<E>ep/")
     return p
 
 
-def trained(name: str, out: Path, fresh: bool) -> dict | None:
-    """A model folder's model.json when its ONNX is there (and --fresh was not given)."""
+def trained(name: str, out: Path, fresh: bool, config_hash: str | None = None) -> dict | None:
+    """A model folder's model.json when its ONNX is there (and --fresh was not given); for ours only when its
+    checkpoint was trained from the config hashed `config_hash` (an edited config retrains, is not reused)."""
     meta = out / name / "model.json"
     if fresh or not meta.is_file():
         return None
     info = json.loads(meta.read_text())
+    if config_hash is not None:
+        best = out / name / "detector" / "best.pt"
+        if not best.is_file() or load_checkpoint(best).get("config_hash") != config_hash:
+            return None
     return info if Path(info["onnx"]).is_file() else None
 
 
-def train_all(args, cfg: ExperimentConfig, out: Path) -> dict[str, dict]:
+def train_all(args, cfg: ExperimentConfig, ours_cfg: ExperimentConfig, out: Path) -> dict[str, dict]:
     names = [m for m in args.models.split(",") if m]
     unknown = sorted(set(names) - set(MODELS))
     if unknown:
@@ -154,7 +165,7 @@ def train_all(args, cfg: ExperimentConfig, out: Path) -> dict[str, dict]:
                         "installs it into .venv-peers")
     models = {}
     if "ours" in names:
-        models["ours"] = trained("ours", out, args.fresh) or train_ours(cfg, out / "ours")
+        models["ours"] = trained("ours", out, args.fresh, ours_cfg.hash()) or train_ours(ours_cfg, out / "ours")
     with tempfile.TemporaryDirectory() as tmp:
         data_yaml = None
         for name in peers:
@@ -217,11 +228,28 @@ def budgets(arg: str | None, cfg: ExperimentConfig) -> list[int]:
     return values
 
 
-def run_budget(args, cfg: ExperimentConfig, epochs: int, out: Path) -> tuple[dict, dict]:
-    """Train (or reuse), score and time every model at one epoch budget -> (results, curves)."""
+def long_recipe(path: str | None, cfg: ExperimentConfig) -> ExperimentConfig:
+    """The config ours trains the longer budgets with: `path`'s, which must train on cfg's data and input."""
+    if path is None:
+        return cfg
+    long = config_with(path, "detector")
+    if long.data != cfg.data or long.detector.input_size != cfg.detector.input_size:
+        raise PeerError(f"--long-recipe {path}: trains on {long.data} at {long.detector.input_size}, the "
+                        f"comparison on {cfg.data} at {cfg.detector.input_size}; give it the same data and input_size")
+    return long
+
+
+def with_epochs(cfg: ExperimentConfig, epochs: int) -> ExperimentConfig:
     cfg = copy.deepcopy(cfg)
     cfg.detector.train.epochs = epochs
-    models = train_all(args, cfg, out)
+    return cfg
+
+
+def run_budget(args, cfg: ExperimentConfig, ours_cfg: ExperimentConfig, epochs: int,
+               out: Path) -> tuple[dict, dict]:
+    """Train (or reuse), score and time every model at one epoch budget -> (results, curves)."""
+    cfg, ours_cfg = with_epochs(cfg, epochs), with_epochs(ours_cfg, epochs)
+    models = train_all(args, cfg, ours_cfg, out)
     results = measure(models, cfg, args.repeats)
     curves = {name: model_curve(name, out / name) for name in models}
     for name, curve in curves.items():
@@ -235,15 +263,18 @@ def main(argv: list[str] | None = None) -> int:
         cfg = config_with(args.config, "detector")
         out = Path(args.out)
         runs = budgets(args.epochs, cfg)
-        per_budget, curves = {}, {}
+        long = long_recipe(args.long_recipe, cfg)
+        per_budget, curves, recipes = {}, {}, {}
         for epochs in runs:
             folder = out if args.epochs is None else out / f"{epochs}ep"
-            per_budget[str(epochs)], curves[str(epochs)] = run_budget(args, cfg, epochs, folder)
+            ours_cfg = cfg if epochs == runs[0] else long
+            recipes[str(epochs)] = args.config if ours_cfg is cfg else args.long_recipe
+            per_budget[str(epochs)], curves[str(epochs)] = run_budget(args, cfg, ours_cfg, epochs, folder)
     except EdgeVisionError as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
     s = cfg.detector.train
-    setup = {"config": args.config, "epochs": runs, "batch_size_ours": s.batch_size,
+    setup = {"config": args.config, "ours_recipe": recipes, "epochs": runs, "batch_size_ours": s.batch_size,
              "input_size": cfg.detector.input_size, "split": "val", "scoring": EVAL_POST}
     results = per_budget[str(runs[0])] if len(runs) == 1 else {"budgets": per_budget}
     write_results(out, "compare-yolo", {**results, "curves": curves}, setup)

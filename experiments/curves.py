@@ -45,13 +45,15 @@ def plot_curves(curves: dict[str, dict[str, list]], path: Path, title: str) -> P
 
     fig, ax = plt.subplots(figsize=(7, 4.5))
     colours = {}
-    for i, (budget, models) in enumerate(sorted(curves.items(), key=lambda kv: int(kv[0]))):
-        for name, curve in models.items():
+    budgets = sorted(curves, key=int)
+    for i, budget in enumerate(budgets):
+        # the longest budget solid, the shorter ones dashed and dotted in turn
+        style = "-" if budget == budgets[-1] else ("--", ":")[i % 2]
+        for name, curve in curves[budget].items():
             if not curve:
                 continue
             colour = colours.setdefault(name, f"C{len(colours)}")
-            ax.plot(*zip(*curve, strict=True), color=colour, linestyle=("--", "-", ":")[min(i, 2)],
-                    label=f"{name}, {budget} epochs")
+            ax.plot(*zip(*curve, strict=True), color=colour, linestyle=style, label=f"{name}, {budget} epochs")
     ax.set_xlabel("epoch")
     ax.set_ylabel("val mAP@[.5:.95] (each trainer's own validation)")
     ax.set_title(title)

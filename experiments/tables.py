@@ -24,7 +24,7 @@ TITLES = {
 COMMANDS = {
     "kernels": "make kernels RUN=runs/{run}",
     "bench": "make bench RUN=runs/{run}",
-    "compare-yolo": "make compare-yolo",
+    "compare-yolo": "make {name}",  # compare-yolo or compare-yolo-budget
     "compare-ssdlite": "make compare-ssdlite",
     "compare-lraspp": "python -m experiments.compare_lraspp --config {config} --out runs/{name}",
     "ablate-recipe": "python -m experiments.ablate_recipe --config {config} --out runs/{name} --seeds {seeds}",
@@ -80,7 +80,7 @@ def cost_cells(r: dict) -> list[str]:
 
 def compare(f: dict, keys) -> list[str]:
     """Ours beside its peers: accuracy, ORT fp32 latency side by side, size of the model; one block of rows
-    per epoch budget when the run had several (compare-yolo --epochs 12,40)."""
+    per epoch budget when the run had several (compare-yolo --epochs 12,40,80)."""
     r = f["results"]
     setup = r.get("setup") or {}
     runs = r["budgets"] if "budgets" in r else {"": {k: v for k, v in r.items() if k not in ("setup", "curves")}}
@@ -97,6 +97,9 @@ def compare(f: dict, keys) -> list[str]:
                          *([num(m.get("best_val_map")), flat] if "curves" in r else []),
                          *latency_cells(m), *cost_cells(m)])
         notes += summary(models, keys, f"{budget} epochs: " if budget else "")
+        recipe = (setup.get("ours_recipe") or {}).get(budget)
+        if recipe and recipe != setup.get("config"):
+            notes.append(f"{budget} epochs: ours trained with the long-run recipe `{recipe}`.")
     lines = provenance(f) + [f"Same split ({setup.get('split', 'val')}), input {setup.get('input_size')}, "
                              f"{epochs} epochs for every model; fp32 ONNX Runtime, batch 1, p50."
                              + (" Best val mAP: the best epoch of each trainer's own validation; flattened: "

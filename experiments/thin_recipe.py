@@ -49,9 +49,9 @@ def score(run: Path, ev: EvalSet) -> dict:
 def get_args_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="python -m experiments.thin_recipe", description=__doc__,
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--seeds", type=int, default=3, help="train with seeds seed..seed+N-1")
     p.add_argument("--config", default="configs/wires.yaml")
     p.add_argument("--out", default="runs/wire-recipe")
-    p.add_argument("--seeds", type=int, default=3, help="train with seeds seed..seed+N-1")
     return p
 
 

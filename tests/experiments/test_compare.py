@@ -99,23 +99,42 @@ def test_an_ablation_data_key_replaces_the_base_dataset_and_the_shipped_files_va
         assert arm_configs(REPO / "experiments" / "configs" / f"{shipped}.yaml", tmp_path / shipped)
 
 
-def test_budgets_train_each_model_per_budget_with_curves_a_plot_and_a_doc_table(tiny_config, tmp_path):
+def test_budgets_train_each_model_per_budget_with_curves_a_plot_and_a_doc_table(tiny_config, tmp_path, capsys):
     import json
 
-    from experiments.compare_yolo import main
-    from experiments.results import render, take
+    import yaml
 
+    from experiments.compare_yolo import main, trained
+    from experiments.results import render, take
+    from train.checkpoint import load_checkpoint
+
+    raw = yaml.safe_load(tiny_config.read_text())
+    raw["detector"]["train"]["lr"] = 0.001  # the long-run recipe: another schedule, same data and input
+    long = tmp_path / "long.yaml"
+    long.write_text(yaml.safe_dump(raw))
     out = tmp_path / "compare-yolo"
     assert main(["--config", str(tiny_config), "--out", str(out), "--models", "ours", "--epochs", "2,1",
-                 "--repeats", "3"]) == 0
+                 "--long-recipe", str(long), "--repeats", "3"]) == 0
     r = json.loads((out / "results.json").read_text())
     assert set(r["budgets"]) == {"1", "2"} and r["setup"]["epochs"] == [1, 2]
+    assert r["setup"]["ours_recipe"] == {"1": str(tiny_config), "2": str(long)}
+    lrs = [load_checkpoint(out / f"{e}ep" / "ours" / "detector" / "best.pt")["config"]["detector"]["train"]["lr"]
+           for e in (1, 2)]
+    assert lrs == [0.002, 0.001]
     assert [e for e, _ in r["curves"]["2"]["ours"]] == [1, 2] and (out / "2ep" / "ours" / "model.json").is_file()
     assert r["budgets"]["2"]["ours"]["best_val_map"] == max(m for _, m in r["curves"]["2"]["ours"])
     assert (out / "curves.png").stat().st_size > 0
+    # ours is reused only when its checkpoint was trained from the config as it is now
+    assert trained("ours", out / "2ep", False, "0" * 16) is None and trained("ours", out / "2ep", False) is not None
     take(out / "results.json", None, None, root=tmp_path / "filed")
     doc = render(tmp_path / "filed")
     assert "| model | epochs |" in doc and "| ours | 1 |" in doc and "| ours | 2 |" in doc
+    assert f"2 epochs: ours trained with the long-run recipe `{long}`" in doc
+    raw["detector"]["input_size"] = [64, 96]
+    long.write_text(yaml.safe_dump(raw))
+    assert main(["--config", str(tiny_config), "--out", str(out), "--models", "ours", "--epochs", "2,1",
+                 "--long-recipe", str(long)]) == 2
+    assert "--long-recipe" in capsys.readouterr().err
 
 
 def test_curves_read_ultralytics_padded_columns_and_say_when_a_model_has_flattened(tmp_path):
