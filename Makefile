@@ -17,7 +17,7 @@ IMAGE_TAG ?= 0.1.0
 
 .DEFAULT_GOAL := help
 .PHONY: help setup qemu arm-env data check-data train export bench gate gate-selftest kernels demo test lint clean distclean compare-ssdlite \
-	compare-lraspp compare-yolo compare-yolo-budget peers wire-recipe ablate-recipe train-seg thin-diagnose receptive-field robustness ablate-shift results \
+	compare-lraspp compare-yolo compare-yolo-budget ablate-family peers wire-recipe ablate-recipe train-seg thin-diagnose receptive-field robustness ablate-shift results \
 	docker-cpu docker-deploy docker-jetson
 
 help: ## list the targets
@@ -83,10 +83,16 @@ compare-yolo: setup peers ## ours vs Ultralytics YOLO11n / YOLO26n (run from .ve
 	$(PY) -m datasets generate --config experiments/configs/compare-yolo.yaml
 	$(PY) -m experiments.compare_yolo --config experiments/configs/compare-yolo.yaml --yolo $(PEERS)/bin/yolo --out runs/compare-yolo
 
-compare-yolo-budget: setup peers ## the same at 12, 40 and 80 epochs on 300 scenes, curves per epoch -> runs/compare-yolo-budget/
+compare-yolo-budget: setup peers ## every preset of ours (fp32 and INT8) vs YOLO11n / YOLO26n at 12, 40 and 80 epochs on 300 scenes -> runs/compare-yolo-budget/ (results, curves, Pareto plot)
 	$(PY) -m datasets generate --config experiments/configs/compare-yolo-budget.yaml
 	$(PY) -m experiments.compare_yolo --config experiments/configs/compare-yolo-budget.yaml --epochs 12,40,80 \
+		--presets configs/models/detector-s.yaml,configs/models/detector-m.yaml --int8 \
 		--yolo $(PEERS)/bin/yolo --out runs/compare-yolo-budget $(COMPARE_ARGS)
+
+ablate-family: setup peers ## what closes the strict-IoU gap at 80 epochs (model, input, DFL, assigner), timed beside YOLO11n / YOLO26n -> runs/ablate-family/
+	$(PY) -m datasets generate --config experiments/configs/compare-yolo-budget.yaml
+	$(PY) -m experiments.ablate_recipe --config experiments/configs/ablate-family.yaml --out runs/ablate-family \
+		--peers yolo11n,yolo26n --yolo $(PEERS)/bin/yolo $(ABLATE_ARGS)
 
 ablate-recipe: data ## one detector per arm of experiments/configs/ablate-recipe.yaml (assignment, loss, mosaic, scale) -> runs/ablate-recipe/results.json
 	$(PY) -m experiments.ablate_recipe --config experiments/configs/ablate-recipe.yaml --out runs/ablate-recipe $(ABLATE_ARGS)

@@ -13,7 +13,10 @@ The ablation file (experiments/configs/ablate-recipe.yaml):
   detector: {preset: ...}        # optional: keys on top of the base's detector for every arm (below the arm's)
   arms: {name: {loss: {assigner: tal}, train: {augment: flip+mosaic}, ...}, ...}
 Each arm's full config is written to <out>/<arm>/config.yaml; `--reuse` keeps an arm already trained from
-the same config.
+the same config. `--peers yolo11n,yolo26n` times Ultralytics' models in the same rounds (latency only: each is
+trained one epoch on the base experiment's data at its input size with its `yolo` command, so the timed
+graph has the dataset's classes; the latency of a graph does not depend on its weights), so the arms'
+milliseconds can be read against theirs.
 """
 
 from __future__ import annotations
@@ -30,6 +33,7 @@ import yaml
 
 from datasets.config import read_yaml
 from deploy.errors import EdgeVisionError
+from experiments.compare_yolo import MODELS, latency_peers, model_input
 from experiments.peer import export_detector, time_side_by_side, write_results
 from train.checkpoint import load_checkpoint
 from train.config import ConfigError, ExperimentConfig, load_config
@@ -90,13 +94,16 @@ def train_arm(cfg: ExperimentConfig, run: Path, reuse: bool) -> float:
     return seconds
 
 
-def latencies(models: dict[str, Path], repeats: int) -> dict[str, dict]:
-    """ORT fp32 p50 per model at 1 and 2 threads, all timed in alternating rounds."""
+def latencies(models: dict[str, Path], repeats: int, peers: dict[str, dict] | None = None) -> dict[str, dict]:
+    """ORT fp32 p50 per model (and per peer ONNX of `peers`, at its own input size) at 1 and 2 threads, all
+    timed in alternating rounds."""
     with tempfile.TemporaryDirectory() as tmp:
         files = {}
         for name, ckpt_path in models.items():
             onnx_path, _, spec = export_detector(load_checkpoint(ckpt_path), Path(tmp) / f"{name}.onnx")
             files[name] = (onnx_path, np.zeros((1, 3, *spec.input_size), np.uint8))
+        for name, info in (peers or {}).items():
+            files[name] = (info["onnx"], model_input(np.zeros((1, 3, *info["input_size"]), np.uint8), name))
         return time_side_by_side(files, repeats)
 
 
@@ -109,10 +116,14 @@ def get_args_parser() -> argparse.ArgumentParser:
     p.add_argument("--seeds", type=int, default=1, help="train each arm with seeds seed..seed+N-1; report means")
     p.add_argument("--repeats", type=int, default=100, help="timed runs per model and thread count")
     p.add_argument("--reuse", action="store_true", help="keep an arm already trained from the same config")
+    p.add_argument("--peers", default="", help=f"comma-separated Ultralytics models ({','.join(MODELS[1:])}) to "
+                                               "time beside the arms (latency only)")
+    p.add_argument("--yolo", default=".venv-peers/bin/yolo", help="Ultralytics' `yolo` command, for --peers")
     return p
 
 
-def run_arms(args, paths: dict[str, Path], out: Path) -> dict:
+def run_arms(args, paths: dict[str, Path], out: Path) -> tuple[dict, dict]:
+    """Train every arm (or reuse it) and time them with the peers -> (arms, peers)."""
     arms, best_models = {}, {}
     for name, path in paths.items():
         per_seed = []
@@ -127,9 +138,13 @@ def run_arms(args, paths: dict[str, Path], out: Path) -> dict:
             best_models[name] = run / "best.pt"
         arms[name] = {m: float(np.mean([r[m] for r in per_seed])) for m in ("map", "map50", "seconds")}
         arms[name].update(params=ck["params"], gflops=ck["gflops"], per_seed=per_seed)
-    for name, lat in latencies(best_models, args.repeats).items():
-        arms[name]["latency_ms"] = lat
-    return arms
+    names = [n for n in args.peers.split(",") if n]
+    # peers at the base experiment's input size and data: where they were trained for the comparisons
+    base = load_config(read_yaml(Path(args.config), ConfigError, "ablation file")["base"]) if names else None
+    peers = latency_peers(names, args.yolo, base, out / "peers") if names else {}
+    for name, lat in latencies(best_models, args.repeats, peers).items():
+        (arms[name] if name in arms else peers[name])["latency_ms"] = lat
+    return arms, {n: {k: p[k] for k in ("latency_ms", "params", "gflops", "input_size")} for n, p in peers.items()}
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -144,17 +159,20 @@ def main(argv: list[str] | None = None) -> int:
             if unknown:
                 raise ConfigError(f"--arms: {unknown} not in {args.config} (has {sorted(paths)})")
             paths = {k: v for k, v in paths.items() if k in args.arms.split(",")}
-        arms = run_arms(args, paths, out)
+        arms, peers = run_arms(args, paths, out)
     except EdgeVisionError as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
-    setup = {"config": args.config, "seeds": args.seeds}
-    write_results(out, "ablate-recipe", {"arms": arms}, setup)
+    setup = {"config": args.config, "seeds": args.seeds, **({"peers": sorted(peers)} if peers else {})}
+    write_results(out, "ablate-recipe", {"arms": arms, **({"peers": peers} if peers else {})}, setup)
     print(f"\n{'arm':<24} {'mAP':>6} {'mAP50':>6} {'ORT 1t ms':>10} {'ORT 2t ms':>10} {'params M':>9} {'GFLOPs':>7}"
           f" {'train s':>8}")
     for name, r in arms.items():
         print(f"{name:<24} {r['map']:>6.3f} {r['map50']:>6.3f} {r['latency_ms']['1t']:>10.2f} "
               f"{r['latency_ms']['2t']:>10.2f} {r['params'] / 1e6:>9.2f} {r['gflops']:>7.2f} {r['seconds']:>8.0f}")
+    for name, r in peers.items():
+        print(f"{name + ' (latency only)':<24} {'-':>6} {'-':>6} {r['latency_ms']['1t']:>10.2f} "
+              f"{r['latency_ms']['2t']:>10.2f}")
     print(f"results: {out / 'results.json'}")
     return 0
 

@@ -15,6 +15,14 @@ Scoring: all three are decoded with the same settings as Ultralytics' validator 
 most 300 boxes per image). Each model's folder under <out> is reused when it already holds its ONNX file
 (a YOLO run takes tens of minutes on a CPU); `--fresh` retrains all.
 
+INT8: `--int8` adds each model of ours as its INT8 CPU file (`python -m export`'s portable file) beside its
+fp32 one, so the Pareto plot (<out>/pareto.png: mAP against 1- and 2-thread latency, a curve per budget) shows
+both.
+
+Presets: `--presets configs/models/detector-s.yaml,configs/models/detector-m.yaml` trains ours once per model
+preset (named ours-s, ours-m: the preset file's name without `detector-`), each at the preset's own input size,
+on the config's recipe; peers train at the config's input size. Each model is scored and timed at its own input.
+
 Budgets: `--epochs 12,40,80` trains every model from scratch once per budget (<out>/<E>ep/), so a short budget is
 not mistaken for a converged one; each model's validation mAP per epoch (its trainer's own) goes into
 results.json and <out>/curves.png, and the table says whether its last epochs still gained. Ultralytics keeps its one
@@ -26,6 +34,7 @@ from __future__ import annotations
 
 import argparse
 import copy
+import dataclasses
 import json
 import os
 import re
@@ -38,16 +47,19 @@ from pathlib import Path
 import numpy as np
 
 from datasets.coco import read_split
+from datasets.config import read_yaml
 from datasets.formats import write_yolo
 from datasets.metrics import EvalSet
 from deploy.errors import EdgeVisionError
 from deploy.postprocess import decode_detector
 from deploy.preprocess import PreprocessSpec, preprocess, read_image
-from experiments.curves import flattened, model_curve, plot_curves
+from experiments.curves import flattened, model_curve, plot_curves, plot_pareto
 from experiments.peer import config_with, export_detector, fit_ours, ort_runner, time_side_by_side, write_results
+from export.pipeline import export_run
 from train.checkpoint import load_checkpoint
-from train.config import ExperimentConfig
+from train.config import ConfigError, ExperimentConfig, TaskConfig, build_dataclass
 from train.loop import model_cost
+from train.run_dir import RunDir
 
 MODELS = ("ours", "yolo11n", "yolo26n")
 FAMILY = {"ours": "edge-vision", "yolo11n": "yolo", "yolo26n": "yolo-e2e"}  # deploy.contract.FAMILIES
@@ -96,28 +108,54 @@ def train_peer(name: str, yolo: str, data_yaml: Path, cfg: ExperimentConfig, out
     return info
 
 
+def latency_peers(names: list[str], yolo: str, cfg: ExperimentConfig, out: Path) -> dict[str, dict]:
+    """Ultralytics models to time beside ours, not to score: each trained one epoch on cfg's data (so its
+    graph has the dataset's classes, as a trained one does) and exported -> {name: model.json + input_size}.
+    A model folder already holding its ONNX is reused."""
+    unknown = sorted(set(names) - set(MODELS[1:]))
+    if unknown:
+        raise PeerError(f"--peers: {unknown} unknown; choose from {','.join(MODELS[1:])}")
+    short = with_epochs(cfg, 1)
+    peers = {}
+    with tempfile.TemporaryDirectory() as tmp:
+        for name in names:
+            info = trained(name, out, False)
+            if info is None:
+                if not shutil.which(yolo):
+                    raise PeerError(f"{yolo}: Ultralytics' `yolo` command not found; `make peers` installs it")
+                data_yaml = write_yolo({k: read_split(cfg.dataset(), k) for k in ("train", "val")}, Path(tmp) / name)
+                info = train_peer(name, yolo, data_yaml, short, out / name)
+            peers[name] = {**info, "input_size": list(cfg.detector.input_size)}
+    return peers
+
+
 def train_ours(cfg: ExperimentConfig, out: Path) -> dict:
     model, ckpt = fit_ours("detector", cfg, out / "detector")
     onnx_path, model, spec = export_detector(ckpt, out / "detector.onnx")
     params, gflops = model_cost(model, spec.input_size)
-    info = {"onnx": str(onnx_path), "params": params, "gflops": gflops}
+    info = {"onnx": str(onnx_path), "params": params, "gflops": gflops, "input_size": list(spec.input_size)}
     (out / "model.json").write_text(json.dumps(info))
     return info
 
 
+def is_ours(model: str) -> bool:
+    return model == "ours" or model.startswith("ours-")
+
+
 def model_input(x: np.ndarray, model: str) -> np.ndarray:
     """uint8 (1, 3, H, W) -> what the model takes: YOLO float x/255, ours the bytes."""
-    return x if model == "ours" else x.astype(np.float32) * (1.0 / 255.0)
+    return x if is_ours(model) else x.astype(np.float32) * (1.0 / 255.0)
 
 
 def score(name: str, path: str, ev: EvalSet, spec: PreprocessSpec) -> dict:
     """mAP through pycocotools: the same images, letterbox and scoring for every model."""
     run = ort_runner(path, 2)
+    family = FAMILY["ours" if is_ours(name) else name]
     preds = {}
     for rec in ev.coco.records:
         tensor, lb = preprocess(read_image(rec.path), spec)
         outs = run(model_input(tensor[None], name))
-        preds[rec.image_id] = decode_detector(outs, lb, FAMILY[name], **EVAL_POST)
+        preds[rec.image_id] = decode_detector(outs, lb, family, **EVAL_POST)
     return ev.score_predictions(preds)
 
 
@@ -134,6 +172,12 @@ def get_args_parser() -> argparse.ArgumentParser:
     p.add_argument("--long-recipe", default=None, metavar="CONFIG",
                    help="experiment config whose detector ours trains with at every budget but the shortest "
                         "(same data and input size); default: --config's at every budget")
+    p.add_argument("--presets", default=None, metavar="YAML,...",
+                   help="comma-separated model presets (configs/models/detector-*.yaml): ours is trained once per "
+                        "preset, named ours-<preset>; default: the config's own model, named ours")
+    p.add_argument("--int8", action="store_true",
+                   help="also score and time each model of ours as its INT8 CPU file (python -m export's), named "
+                        "<model>-int8")
     p.add_argument("--epochs", default=None,
                    help="comma-separated epoch budgets, each trained from scratch (e.g. 12,40,80); default: the "
                         "config's. Each budget's models go to <out>/<E>ep/")
@@ -154,6 +198,30 @@ def trained(name: str, out: Path, fresh: bool, config_hash: str | None = None) -
     return info if Path(info["onnx"]).is_file() else None
 
 
+def ours_configs(ours_cfg: ExperimentConfig, presets: str | None) -> dict[str, ExperimentConfig]:
+    """Ours' model name -> its config: the recipe's own model as `ours`, or one `ours-<tag>` per preset file
+    (its model and input size under the recipe's other keys, as a `preset:` line in the config would give)."""
+    if not presets:
+        return {"ours": ours_cfg}
+    out = {}
+    for path in (Path(p) for p in presets.split(",") if p):
+        cfg = copy.deepcopy(ours_cfg)
+        preset = build_dataclass(TaskConfig, read_yaml(path, ConfigError, "model preset"), str(path))
+        cfg.detector.preset, cfg.detector.model, cfg.detector.input_size = str(path), preset.model, preset.input_size
+        out[f"ours-{path.stem.removeprefix('detector-')}"] = cfg
+    return out
+
+
+def int8_of(folder: Path) -> dict:
+    """Ours' INT8 CPU file, made by the export stage into <folder>/export/ (again when the checkpoint is newer)
+    -> a model entry like model.json's, scored and timed as one more model."""
+    rd = RunDir.of(folder)
+    path = rd.model("detector", "int8")
+    if not path.is_file() or path.stat().st_mtime < rd.checkpoint("detector").stat().st_mtime:
+        export_run(folder)
+    return {**json.loads((folder / "model.json").read_text()), "onnx": str(path)}
+
+
 def train_all(args, cfg: ExperimentConfig, ours_cfg: ExperimentConfig, out: Path) -> dict[str, dict]:
     names = [m for m in args.models.split(",") if m]
     unknown = sorted(set(names) - set(MODELS))
@@ -165,7 +233,10 @@ def train_all(args, cfg: ExperimentConfig, ours_cfg: ExperimentConfig, out: Path
                         "installs it into .venv-peers")
     models = {}
     if "ours" in names:
-        models["ours"] = trained("ours", out, args.fresh, ours_cfg.hash()) or train_ours(ours_cfg, out / "ours")
+        for name, c in ours_configs(ours_cfg, args.presets).items():
+            models[name] = trained(name, out, args.fresh, c.hash()) or train_ours(c, out / name)
+            if args.int8:
+                models[f"{name}-int8"] = int8_of(out / name)
     with tempfile.TemporaryDirectory() as tmp:
         data_yaml = None
         for name in peers:
@@ -181,16 +252,20 @@ def train_all(args, cfg: ExperimentConfig, ours_cfg: ExperimentConfig, out: Path
 
 
 def measure(models: dict[str, dict], cfg: ExperimentConfig, repeats: int) -> dict:
-    spec = cfg.detector.preprocess_spec()
+    """Score every model at its own input size (ours' presets may differ; peers take the config's) and time
+    them all side by side."""
     ev = EvalSet("detector", cfg.dataset(), "val")
-    x = preprocess(read_image(ev.images[0]), spec)[0][None]
+    specs = {n: dataclasses.replace(cfg.detector.preprocess_spec(), input_size=tuple(m["input_size"]))
+             if m.get("input_size") else cfg.detector.preprocess_spec() for n, m in models.items()}
+    image = read_image(ev.images[0])
     # each model's input is prepared outside the timed call: the network alone is timed
-    times = time_side_by_side({n: (m["onnx"], model_input(x, n)) for n, m in models.items()}, repeats)
+    times = time_side_by_side({n: (m["onnx"], model_input(preprocess(image, specs[n])[0][None], n))
+                               for n, m in models.items()}, repeats)
     results = {}
     for name, m in models.items():
-        results[name] = {**{k: v for k, v in score(name, m["onnx"], ev, spec).items() if k in ("map", "map50")},
-                         "latency_ms": times[name],
-                         "params": m["params"], "gflops": m["gflops"]}
+        results[name] = {**{k: v for k, v in score(name, m["onnx"], ev, specs[name]).items() if k in ("map", "map50")},
+                         "latency_ms": times[name], "params": m["params"], "gflops": m["gflops"],
+                         "input_size": list(specs[name].input_size)}
     return results
 
 
@@ -203,12 +278,12 @@ def print_table(results: dict, curves: dict) -> None:
         flat = {True: "yes", False: "no", None: "-"}[flattened(curves.get(name, []))]
         print(f"{name:<8} {r['map']:>6.3f} {r['map50']:>6.3f} {num(r.get('best_val_map')):>9} {flat:>5} "
               f"{r['latency_ms']['1t']:>10.2f} {r['latency_ms']['2t']:>10.2f} {params:>9} {gflops:>7}")
-    peers = [n for n in results if n != "ours"]
-    if peers and "ours" in results:
+    peers = [n for n in results if not is_ours(n)]
+    for name in (n for n in results if is_ours(n) and peers):
         best = max(peers, key=lambda n: results[n]["map"])
         fast = min(peers, key=lambda n: results[n]["latency_ms"]["1t"])
-        o = results["ours"]
-        print(f"ours - {best} (best mAP): {o['map'] - results[best]['map']:+.3f} mAP; ours / {fast} (fastest) "
+        o = results[name]
+        print(f"{name} - {best} (best mAP): {o['map'] - results[best]['map']:+.3f} mAP; {name} / {fast} (fastest) "
               f"1-thread latency: {o['latency_ms']['1t'] / results[fast]['latency_ms']['1t']:.2f}")
 
 
@@ -275,14 +350,16 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     s = cfg.detector.train
     setup = {"config": args.config, "ours_recipe": recipes, "epochs": runs, "batch_size_ours": s.batch_size,
-             "input_size": cfg.detector.input_size, "split": "val", "scoring": EVAL_POST}
+             "input_size": cfg.detector.input_size, "split": "val", "scoring": EVAL_POST,
+             **({"presets": args.presets.split(",")} if args.presets else {})}
     results = per_budget[str(runs[0])] if len(runs) == 1 else {"budgets": per_budget}
     write_results(out, "compare-yolo", {**results, "curves": curves}, setup)
     plot_curves(curves, out / "curves.png", f"{cfg.dataset().name}: val mAP per epoch")
+    plot_pareto(per_budget, out / "pareto.png", f"{cfg.dataset().name}: mAP@[.5:.95] against ONNX Runtime latency")
     for epochs in runs:
         print(f"\n{epochs} epochs:", end="")
         print_table(per_budget[str(epochs)], curves[str(epochs)])
-    print(f"results: {out / 'results.json'}; curves: {out / 'curves.png'}")
+    print(f"results: {out / 'results.json'}; curves: {out / 'curves.png'}; Pareto plot: {out / 'pareto.png'}")
     return 0
 
 

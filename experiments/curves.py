@@ -23,7 +23,7 @@ def read_curve(path: Path, epoch_key: str, map_key: str) -> list[tuple[int, floa
 
 def model_curve(name: str, folder: Path) -> list[tuple[int, float]]:
     """A compare-yolo model folder -> its validation curve."""
-    if name == "ours":
+    if name == "ours" or name.startswith("ours-"):
         return read_curve(folder / "detector" / "log.csv", "epoch", "map")
     return read_curve(folder / "train" / "results.csv", "epoch", "metrics/mAP50-95(B)")
 
@@ -59,6 +59,48 @@ def plot_curves(curves: dict[str, dict[str, list]], path: Path, title: str) -> P
     ax.set_title(title)
     ax.grid(alpha=0.3)
     ax.legend(fontsize=8)
+    fig.tight_layout()
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+    return path
+
+
+def plot_pareto(budgets: dict[str, dict[str, dict]], path: Path, title: str) -> Path:
+    """{budget: {model: {"map", "latency_ms": {"1t", "2t"}}}} -> one PNG, a panel per thread count: mAP against
+    latency, ours' models joined into one curve per budget (fastest to slowest; their INT8 files, `-int8`, into
+    a dashed one), each peer a marker."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, axes = plt.subplots(1, 2, figsize=(11, 4.5), sharey=True)
+    markers = {}
+    for ax, threads in zip(axes, ("1t", "2t"), strict=True):
+        for i, (budget, models) in enumerate(sorted(budgets.items(), key=lambda kv: int(kv[0]))):
+            colour = f"C{i}"
+            for int8, style in ((False, "-o"), (True, "--^")):
+                ours = sorted((m["latency_ms"][threads], m["map"], n) for n, m in models.items()
+                              if (n == "ours" or n.startswith("ours-")) and n.endswith("-int8") == int8)
+                if not ours:
+                    continue
+                ax.plot([o[0] for o in ours], [o[1] for o in ours], style, color=colour,
+                        label=f"ours{' INT8' if int8 else ''}, {budget} epochs")
+                for x, y, n in ours:
+                    ax.annotate(n.removeprefix("ours-").removesuffix("-int8"), (x, y), textcoords="offset points",
+                                xytext=(4, -10), fontsize=7)
+            for n, m in models.items():
+                if n == "ours" or n.startswith("ours-"):
+                    continue
+                marker = markers.setdefault(n, "sDv^<>"[len(markers) % 6])
+                ax.plot(m["latency_ms"][threads], m["map"], marker, color=colour, markersize=8, linestyle="none",
+                        label=f"{n}, {budget} epochs")
+        ax.set_xlabel(f"ONNX Runtime latency, {threads[0]} thread{'s' if threads != '1t' else ''} (ms, p50)")
+        ax.grid(alpha=0.3)
+    axes[0].set_ylabel("mAP@[.5:.95] (val)")
+    axes[1].legend(fontsize=7, loc="lower right")
+    fig.suptitle(title)
     fig.tight_layout()
     path.parent.mkdir(parents=True, exist_ok=True)
     fig.savefig(path, dpi=120)

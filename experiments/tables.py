@@ -27,7 +27,7 @@ COMMANDS = {
     "compare-yolo": "make {name}",  # compare-yolo or compare-yolo-budget
     "compare-ssdlite": "make compare-ssdlite",
     "compare-lraspp": "python -m experiments.compare_lraspp --config {config} --out runs/{name}",
-    "ablate-recipe": "python -m experiments.ablate_recipe --config {config} --out runs/{name} --seeds {seeds}",
+    "ablate-recipe": "python -m experiments.ablate_recipe --config {config} --out runs/{name} --seeds {seeds}{peers}",
     "ablate-shift": "python -m experiments.ablate_shift --config {config} --out runs/{name} --seeds {seeds}",
     "thin-recipe": "python -m experiments.thin_recipe --config {config} --out runs/{name} --seeds {seeds}",
 }
@@ -58,8 +58,9 @@ def provenance(f: dict) -> list[str]:
         f"{m.get('cores', '?')} cores, ONNX Runtime {m.get('onnxruntime', '?')}"
         + (f", torch {m['torch']}" if m.get("torch") else ""))
     run = f["name"].split("-", 1)[1] if f["kind"] in ("kernels", "bench") else ""
+    peers = f" --peers {','.join(setup['peers'])}" if setup.get("peers") else ""
     command = COMMANDS[f["kind"]].format(run=run, name=f["name"], config=setup.get("config", "?"),
-                                         seeds=setup.get("seeds", 1))
+                                         seeds=setup.get("seeds", 1), peers=peers)
     when = f"Measured {setup['date']} on" if setup.get("date") else f"Filed {f['taken']} from a run on"
     lines = [f"{when} {where}. Refresh: `{command}`, then "
              f"`python -m experiments.results --take {f['source']}`."]
@@ -109,16 +110,18 @@ def compare(f: dict, keys) -> list[str]:
 
 
 def summary(models: dict, keys, prefix: str) -> list[str]:
-    peers = [n for n in models if n != "ours"]
-    if "ours" not in models or not peers:
+    """One line per model of ours (`ours`, or `ours-<preset>` of compare-yolo --presets) against the peers."""
+    ours = [n for n in models if n == "ours" or n.startswith("ours-")]
+    peers = [n for n in models if n not in ours]
+    if not ours or not peers:
         return []
     key = keys[0][0]
     best = max(peers, key=lambda n: models[n][key])
     fast = min(peers, key=lambda n: models[n]["latency_ms"]["1t"])
-    o = models["ours"]
-    return [f"{prefix}ours - {best} (best peer): {o[key] - models[best][key]:+.3f} {keys[0][1]}; ours / {fast} "
+    return [f"{prefix}{n} - {best} (best peer): {o[key] - models[best][key]:+.3f} {keys[0][1]}; {n} / {fast} "
             f"(fastest peer) latency: {o['latency_ms']['1t'] / models[fast]['latency_ms']['1t']:.2f} (1 thread), "
-            f"{o['latency_ms']['2t'] / models[fast]['latency_ms']['2t']:.2f} (2 threads)."]
+            f"{o['latency_ms']['2t'] / models[fast]['latency_ms']['2t']:.2f} (2 threads)."
+            for n, o in ((n, models[n]) for n in ours)]
 
 
 def ablate_recipe(f: dict) -> list[str]:
@@ -129,7 +132,17 @@ def ablate_recipe(f: dict) -> list[str]:
     rows = [[name, num(a["map"], 4), num(a["map50"], 4),
              *([", ".join(num(s["map"], 4) for s in a["per_seed"])] if seeds > 1 else []),
              *latency_cells(a), *cost_cells(a), num(a.get("seconds"), 0)] for name, a in arms.items()]
-    return provenance(f) + [f"Best val epoch per arm, mean over {seeds} seed(s).", ""] + table(head, rows)
+    peers = f["results"].get("peers", {})
+    rows += [[f"{name} (latency only)", "-", "-", *(["-"] if seeds > 1 else []), *latency_cells(p), *cost_cells(p),
+              "-"] for name, p in peers.items()]
+    notes = [f"{name} / {peer} latency: {a['latency_ms']['1t'] / p['latency_ms']['1t']:.2f} (1 thread), "
+             f"{a['latency_ms']['2t'] / p['latency_ms']['2t']:.2f} (2 threads)"
+             for peer, p in peers.items() for name, a in arms.items()]
+    where = (" Peers are timed in the same rounds at their input size " +
+             ", ".join(f"{n} {p.get('input_size')}" for n, p in peers.items()) + "; their accuracy is not measured "
+             "here.") if peers else ""
+    return (provenance(f) + [f"Best val epoch per arm, mean over {seeds} seed(s).{where}", ""] + table(head, rows)
+            + ([""] + notes if notes else []))
 
 
 def ablate_shift(f: dict) -> list[str]:

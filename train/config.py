@@ -10,7 +10,7 @@ import typing
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
-from datasets.augment import SHIFT_P, parse_augment
+from datasets.augment import SHIFT_P, parse_augment, resolve_augment
 from datasets.config import DatasetConfig, load_dataset_config, read_yaml
 from deploy.errors import EdgeVisionError
 from deploy.preprocess import PreprocessSpec
@@ -23,6 +23,10 @@ class ConfigError(EdgeVisionError, ValueError):
     pass
 
 
+# (section, key) of task options added after runs were hashed: unset, they stay out of the config hash
+LATE_KEYS = (("model", "init"), ("model", "box_bins"), ("loss", "dfl_weight"))
+
+
 @dataclass
 class ModelConfig:
     backbone: str = "mobilenet_v3_small"  # mobilenet_v3_{small,large}[_minimal]
@@ -33,6 +37,7 @@ class ModelConfig:
     decoder: str | None = None  # segmenter only: concat (unset) | subpixel | subpixel8 (train/models.py Segmenter)
     fused_blocks: int = 0  # leading backbone blocks built as Fused-MBConv (train/models.py FusedInvertedResidual)
     init: str | None = None  # a run folder or checkpoint of ours to start from (train.finetune; --init)
+    box_bins: int | None = None  # detector: unset regresses softplus distances; N: a distribution over N bins (DFL)
 
 
 @dataclass
@@ -45,7 +50,8 @@ class ScheduleConfig:
     grad_clip: float = 10.0
     workers: int = 0
     augment: str = "flip"  # datasets.augment presets joined by '+': none | flip | vflip | camera | lighting | weather
-    #                        | season | shift (= camera+lighting+weather+season) | mosaic | scale
+    #                        | season | shift (= camera+lighting+weather+season) | mosaic | scale | auto (the
+    #                        recipe for the epoch count: flip, or flip+mosaic+scale for long runs)
     augment_target: str | None = None  # folder of target-domain images: the season preset matches towards them
     shift_p: float = SHIFT_P  # fraction of the samples that get the domain-shift presets (the rest stay clean)
     close_epochs: int = 0  # the last N epochs train without the shift, mosaic and scale presets (YOLO close_mosaic)
@@ -64,6 +70,7 @@ class LossConfig:
     assigner: str = "fcos"  # detector: fcos (centre sampling) | tal (task-aligned, TOOD / YOLOv8)
     cls_loss: str = "focal"  # detector: focal | vfl (varifocal) | qfl (quality focal)
     tal_topk: int = 10  # detector, tal: locations per box
+    dfl_weight: float | None = None  # detector with model.box_bins: distribution loss weight (unset: GFL's 0.25)
     dice_weight: float = 1.0  # segmenter: soft Dice over non-background classes
     class_weights: list[float] | None = None  # segmenter: cross-entropy weight per class
     cldice_weight: float = 0.0  # segmenter: soft clDice (centreline) weight; 0 = off
@@ -136,9 +143,11 @@ class ExperimentConfig:
         """sha256 over this config and the dataset config it names (16 hex chars)."""
         payload = {"experiment": asdict(self), "dataset": asdict(self.dataset())}
         payload["dataset"].pop("source", None)
-        for task in ("detector", "segmenter"):  # an unset --init keeps the hashes runs were made with
-            if (payload["experiment"].get(task) or {}).get("model", {}).get("init", "") is None:
-                del payload["experiment"][task]["model"]["init"]
+        for task in ("detector", "segmenter"):  # keys added later and left unset keep the hashes runs were made with
+            for section, key in LATE_KEYS:
+                values = (payload["experiment"].get(task) or {}).get(section, {})
+                if key in values and values[key] is None:
+                    del values[key]
         return hashlib.sha256(json.dumps(payload, sort_keys=True).encode()).hexdigest()[:16]
 
 
@@ -213,7 +222,7 @@ def load_config(path: str | Path) -> ExperimentConfig:
                 raise ConfigError(f"{path}: loss.assigner must be one of {ASSIGNERS} and loss.cls_loss one of "
                                   f"{CLS_LOSSES}; got {task.loss.assigner!r} and {task.loss.cls_loss!r}")
             try:
-                parse_augment(task.train.augment)
+                parse_augment(resolve_augment(task.train.augment, task.train.epochs))
             except ValueError as e:
                 raise ConfigError(f"{path}: {e}") from None
             s = task.train
@@ -221,6 +230,9 @@ def load_config(path: str | Path) -> ExperimentConfig:
                 raise ConfigError(f"{path}: train.shift_p must be in [0, 1], train.close_epochs in [0, epochs] "
                                   f"and train.ema_tau > 0; got {s.shift_p}, {s.close_epochs} and {s.ema_tau}")
             m = task.model
+            if m.box_bins is not None and (task is cfg.segmenter or m.box_bins < 2):
+                raise ConfigError(f"{path}: model.box_bins is a detector option, 2 or more bins (16 is YOLOv8's); "
+                                  f"got {m.box_bins}" + (" in the segmenter section" if task is cfg.segmenter else ""))
             if m.fused_blocks < 0 or (m.fused_blocks and not m.backbone.endswith("_minimal")):
                 raise ConfigError(f"{path}: model.fused_blocks must be >= 0 and needs a *_minimal backbone; "
                                   f"got {m.fused_blocks} with {m.backbone}")

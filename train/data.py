@@ -12,7 +12,7 @@ import numpy as np
 import torch
 from torch.utils.data import Dataset
 
-from datasets.augment import Augment, build_augment
+from datasets.augment import Augment, build_augment, resolve_augment
 from datasets.coco import read_split
 from datasets.config import DatasetConfig
 from datasets.masks import IGNORE_INDEX, read_mask, value_lut
@@ -175,7 +175,8 @@ def build_dataset(task: str, data: DatasetConfig, split: str, spec: PreprocessSp
     """A split as training reads it under `schedule` (augmentation presets, shift_p, augment_target, image
     cache), or, without one, plain and uncached, as calibration reads it."""
     s = schedule or ScheduleConfig(augment="none", cache_images=False)
-    augment = build_augment(s.augment, task, s.augment_target, s.shift_p, spec.input_size, spec.pad_value)
+    augment = build_augment(resolve_augment(s.augment, s.epochs), task, s.augment_target, s.shift_p,
+                            spec.input_size, spec.pad_value)
     if task == "detector":
         return DetectionDataset(data, split, spec, augment, s.cache_images)
     elif task == "segmenter":

@@ -20,7 +20,7 @@ from torch.utils.data import DataLoader, Dataset, DistributedSampler
 from torch.utils.flop_counter import FlopCounterMode
 from tqdm import tqdm
 
-from datasets.augment import build_augment, closing_augment
+from datasets.augment import build_augment, closing_augment, resolve_augment
 from datasets.metrics import PRIMARY, EvalSet
 from deploy.atomic import atomic_path
 from deploy.preprocess import PreprocessSpec, preprocess
@@ -181,6 +181,8 @@ def build_training(task: str, task_cfg: TaskConfig, cfg: ExperimentConfig, val_s
               f"{spec.input_size[0]}x{spec.input_size[1]}, {model_latency_ms(model, spec.input_size):.1f} ms on one "
               f"CPU thread (torch), {len(image_paths(train_set))} train / {len(val)} {val_split} images"
               + (f", {len(train_set)} crops of {s.crop[0]}x{s.crop[1]} an epoch" if s.crop else "")
+              + (f", augment {s.augment} -> {resolve_augment(s.augment, s.epochs)} for {s.epochs} epochs"
+                 if resolve_augment(s.augment, s.epochs) != s.augment else "")
               + (f", {world} processes" if world > 1 else ""), flush=True)
     loader, sampler, gen = build_loader(task, train_set, s, rank, world)
     criterion = (criterion or build_criterion(task, task_cfg, model, len(names))).to(device)
@@ -203,7 +205,8 @@ def model_args(task_cfg: TaskConfig, num_classes: int) -> dict:
     """Our model's constructor arguments, as the checkpoint stores them."""
     m = task_cfg.model
     # unset options are not stored, so older checkpoints' arguments match
-    optional = {k: v for k, v in (("decoder", m.decoder), ("fused_blocks", m.fused_blocks)) if v}
+    optional = {k: v for k, v in (("decoder", m.decoder), ("fused_blocks", m.fused_blocks),
+                                  ("box_bins", m.box_bins)) if v}
     return dict(num_classes=num_classes, backbone=m.backbone, width_mult=m.width_mult, channels=m.channels,
                 head_convs=m.head_convs, channel_order=task_cfg.channel_order, backbone_weights=m.backbone_weights,
                 **optional)
@@ -225,8 +228,9 @@ def build_loader(task: str, train_set: Dataset, s: ScheduleConfig, rank: int,
 def build_criterion(task: str, task_cfg: TaskConfig, model: nn.Module, num_classes: int) -> nn.Module:
     loss = task_cfg.loss
     if task == "detector":
+        dfl = {} if loss.dfl_weight is None else {"dfl_weight": loss.dfl_weight}
         return DetectionLoss(*model.points(tuple(task_cfg.input_size)), num_classes, loss.box_weight,
-                             loss.assigner, loss.cls_loss, loss.tal_topk)
+                             loss.assigner, loss.cls_loss, loss.tal_topk, **dfl)
     return SegmentationLoss(num_classes, loss.dice_weight, loss.class_weights, loss.cldice_weight,
                             loss.lovasz_weight)
 
@@ -258,9 +262,10 @@ def start_epoch(tr: Training, epoch: int, start: int) -> None:
     torch.manual_seed(s.seed * 1000 + epoch)
     if tr.sampler is not None:
         tr.sampler.set_epoch(epoch)
-    plain_augment = closing_augment(s.augment)  # what the last close_epochs train with,
+    augment = resolve_augment(s.augment, s.epochs)
+    plain_augment = closing_augment(augment)  # what the last close_epochs train with,
     switch = s.epochs - s.close_epochs + 1  # from this epoch on
-    if epoch == max(start, switch) and plain_augment != s.augment:
+    if epoch == max(start, switch) and plain_augment != augment:
         # the closing epochs see the training domain only (a resumed run lands here as well)
         tr.train_set.augment = build_augment(plain_augment, tr.task, s.augment_target, s.shift_p,
                                              tr.spec.input_size, tr.spec.pad_value)

@@ -13,6 +13,7 @@ IGNORE_INDEX = 255
 
 
 CLS_LOSSES = ("focal", "vfl", "qfl")
+DFL_WEIGHT = 0.25  # GFL's distribution-loss weight beside its GIoU weight 2.0 (our box_weight default)
 
 
 def varifocal_loss(logits: torch.Tensor, quality: torch.Tensor, alpha: float = 0.75,
@@ -44,7 +45,7 @@ class DetectionLoss(nn.Module):
 
     def __init__(self, points: torch.Tensor, strides: torch.Tensor, num_classes: int, box_weight: float = 2.0,
                  assigner: str = "fcos", cls_loss: str = "focal", topk: int = 10, alpha: float = 1.0,
-                 beta: float = 6.0):
+                 beta: float = 6.0, dfl_weight: float = DFL_WEIGHT):
         super().__init__()
         if assigner not in ASSIGNERS or cls_loss not in CLS_LOSSES:
             raise ValueError(f"assigner {assigner!r} / cls_loss {cls_loss!r}: choose from {ASSIGNERS} / {CLS_LOSSES}")
@@ -54,6 +55,7 @@ class DetectionLoss(nn.Module):
         self.box_weight = box_weight
         self.assigner, self.cls_loss = assigner, cls_loss
         self.topk, self.alpha, self.beta = topk, alpha, beta
+        self.dfl_weight = dfl_weight
 
     def assign(self, cls_logits: torch.Tensor, boxes: torch.Tensor,
                target: dict) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
@@ -72,10 +74,13 @@ class DetectionLoss(nn.Module):
         iou = box_iou(boxes[pos].detach().float(), gt[match[pos]].float()).diagonal().clamp(0, 1)
         return pos, match[pos], iou
 
-    def forward(self, cls_logits: torch.Tensor, boxes: torch.Tensor, targets: list[dict]) -> dict:
-        """cls_logits (B, N, C), boxes (B, N, 4); targets: per image {"boxes": (M, 4), "labels": (M,)}."""
+    def forward(self, cls_logits: torch.Tensor, boxes: torch.Tensor, *rest) -> dict:
+        """cls_logits (B, N, C), boxes (B, N, 4)[, bins (B, N, 4, K) of a distribution box head], targets: per
+        image {"boxes": (M, 4), "labels": (M,)} (the model's outputs, then the targets, as the loop passes them)."""
+        *bins, targets = rest
+        bins = bins[0] if bins else None
         cls_t = torch.zeros_like(cls_logits, dtype=torch.float32)  # (B, N, C) 0/1 or quality targets
-        pred_pos, gt_pos, w_pos = [], [], []
+        pred_pos, gt_pos, w_pos, bins_pos, where_pos = [], [], [], [], []
         for i, t in enumerate(targets):
             pos, match, quality = self.assign(cls_logits[i], boxes[i], t)
             if pos.numel() == 0:
@@ -84,6 +89,9 @@ class DetectionLoss(nn.Module):
             pred_pos.append(boxes[i, pos])
             gt_pos.append(t["boxes"][match])
             w_pos.append(quality)
+            if bins is not None:
+                bins_pos.append(bins[i, pos])
+                where_pos.append(pos)
         soft = self.cls_loss != "focal"
         weights = torch.cat(w_pos) if w_pos else cls_t.new_zeros(0)
         norm = max(1.0, float(weights.sum())) if soft else max(1.0, float(weights.numel()))
@@ -100,7 +108,34 @@ class DetectionLoss(nn.Module):
         else:
             loss_box = boxes.sum() * 0.0
         total = loss_cls + self.box_weight * loss_box
-        return {"loss": total, "cls": loss_cls.detach(), "box": loss_box.detach()}
+        out = {"cls": loss_cls.detach(), "box": loss_box.detach()}
+        if bins is not None:
+            if bins_pos:
+                where = torch.cat(where_pos)
+                dfl = distribution_focal_loss(torch.cat(bins_pos).float(), torch.cat(gt_pos), self.points[where],
+                                              self.strides[where])
+                loss_dfl = (dfl * (weights if soft else 1.0)).sum() / norm
+            else:
+                loss_dfl = bins.sum() * 0.0
+            total = total + self.dfl_weight * loss_dfl
+            out["dfl"] = loss_dfl.detach()
+        return {"loss": total, **out}
+
+
+def distribution_focal_loss(bins: torch.Tensor, gt: torch.Tensor, points: torch.Tensor,
+                            strides: torch.Tensor) -> torch.Tensor:
+    """Distribution Focal Loss (GFL, Li et al., 2020) per location: bins (P, 4, K) logits over 0..K-1 strides,
+    gt (P, 4) xyxy boxes, points (P, 2), strides (P,) -> (P,) mean over the four sides of the cross-entropy to
+    the two bins around the true distance, weighted by nearness (the distance is clamped into the bins)."""
+    k = bins.shape[-1]
+    ltrb = torch.cat([points - gt[:, :2], gt[:, 2:] - points], 1) / strides[:, None]  # (P, 4) in strides
+    d = ltrb.clamp(0, k - 1 - 0.01)
+    left = d.floor().long()
+    w_right = d - left
+    logp = bins.log_softmax(-1)  # (P, 4, K)
+    nll_left = -logp.gather(-1, left[..., None]).squeeze(-1)
+    nll_right = -logp.gather(-1, (left + 1)[..., None]).squeeze(-1)
+    return ((1 - w_right) * nll_left + w_right * nll_right).mean(1)
 
 
 def soft_skeleton(x: torch.Tensor, iterations: int = 5) -> torch.Tensor:

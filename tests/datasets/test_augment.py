@@ -213,3 +213,30 @@ def test_mosaic_partners_come_from_the_seed_and_the_index_only():
     assert [aug.pick_partners(i, 100) for i in reversed(range(5))][::-1] == first  # order does not matter
     aug.set_random_seed(5)
     assert [aug.pick_partners(i, 100) for i in range(5)] != first
+
+
+def test_auto_trains_the_short_recipe_below_the_long_budget_and_mosaic_and_scale_from_it(tmp_path, tiny_data):
+    import yaml
+
+    from datasets.augment import LONG_EPOCHS, resolve_augment
+    from train.config import ConfigError, load_config
+
+    assert resolve_augment("auto", LONG_EPOCHS - 1) == "flip"
+    assert resolve_augment("auto+shift", LONG_EPOCHS) == "flip+mosaic+scale+shift"
+    assert resolve_augment("flip+camera", 500) == "flip+camera"  # a list without auto is the user's own
+    path = tmp_path / "auto.yaml"
+    for epochs in (12, 80):
+        path.write_text(yaml.safe_dump({"name": "a", "data": str(tiny_data),
+                                        "detector": {"train": {"epochs": epochs, "augment": "auto+lighting"}}}))
+        assert load_config(path).detector.train.augment == "auto+lighting"  # resolved when training, from epochs
+    path.write_text(yaml.safe_dump({"name": "a", "data": str(tiny_data), "detector": {"train": {"augment": "autoo"}}}))
+    with pytest.raises(ConfigError, match="unknown augment preset 'autoo'.*shift \\| auto"):
+        load_config(path)
+    from train.data import build_dataset
+
+    for epochs, mosaic in ((12, False), (80, True)):
+        path.write_text(yaml.safe_dump({"name": "a", "data": str(tiny_data),
+                                        "detector": {"train": {"epochs": epochs, "augment": "auto"}}}))
+        cfg = load_config(path)
+        ds = build_dataset("detector", cfg.dataset(), "train", cfg.detector.preprocess_spec(), cfg.detector.train)
+        assert ds.augment.needs_partners == mosaic  # the training set mosaics only on the long budget

@@ -94,7 +94,7 @@ def test_an_ablation_data_key_replaces_the_base_dataset_and_the_shipped_files_va
     assert yaml.safe_load(arm_configs(spec, tmp_path / "out")["plain"].read_text())["data"] == \
         "configs/data/synthetic-150.yaml"
     monkeypatch.chdir(REPO)  # the shipped files name their configs relative to the repo root
-    for shipped in ("ablate-recipe", "ablate-coco128", "ablate-demo150"):
+    for shipped in ("ablate-recipe", "ablate-coco128", "ablate-demo150", "ablate-family"):
         # every arm passes load_config
         assert arm_configs(REPO / "experiments" / "configs" / f"{shipped}.yaml", tmp_path / shipped)
 
@@ -148,3 +148,47 @@ def test_curves_read_ultralytics_padded_columns_and_say_when_a_model_has_flatten
     curve = model_curve("yolo11n", tmp_path)
     assert curve[0] == (1, 0.1) and len(curve) == 11
     assert flattened(curve) is True and flattened(curve[:6]) is False and flattened(curve[:3]) is None
+
+
+def test_ablation_peers_are_timed_only_named_checked_and_shown_with_the_latency_ratio(tiny_config, tmp_path):
+    from experiments.compare_yolo import PeerError, latency_peers
+    from experiments.tables import ablate_recipe
+
+    cfg = load_config(tiny_config)
+    with pytest.raises(PeerError, match=r"--peers: \['yolo9'\] unknown; choose from yolo11n,yolo26n"):
+        latency_peers(["yolo9"], "yolo", cfg, tmp_path)
+    with pytest.raises(PeerError, match="no/such/yolo: Ultralytics' `yolo` command not found"):
+        latency_peers(["yolo11n"], "no/such/yolo", cfg, tmp_path)
+    arm = {"map": 0.7, "map50": 0.9, "latency_ms": {"1t": 4.0, "2t": 3.0}, "params": 7e5, "gflops": 0.8,
+           "seconds": 10, "per_seed": [{"map": 0.7}]}
+    peer = {"latency_ms": {"1t": 10.0, "2t": 5.0}, "params": 2.6e6, "gflops": 1.6, "input_size": [320, 320]}
+    lines = ablate_recipe({"kind": "ablate-recipe", "name": "ablate-family", "source": "x", "taken": "2026-12-07",
+                           "results": {"arms": {"m": arm}, "peers": {"yolo11n": peer}, "setup": {}}})
+    assert "| yolo11n (latency only) | - | - | 10.00 | 5.00 | 2.60 | 1.60 | - |" in lines
+    assert "m / yolo11n latency: 0.40 (1 thread), 0.60 (2 threads)" in lines
+
+
+def test_presets_train_one_model_of_ours_each_scored_and_timed_at_its_own_input(tiny_config, tmp_path):
+    import json
+
+    import yaml
+
+    from experiments.compare_yolo import main
+    from experiments.results import render, take
+
+    small, wide = tmp_path / "detector-small.yaml", tmp_path / "detector-wide.yaml"
+    small.write_text(yaml.safe_dump({"input_size": [96, 128], "model": {"channels": 16, "head_convs": 1}}))
+    wide.write_text(yaml.safe_dump({"input_size": [128, 160], "model": {"channels": 32, "head_convs": 1,
+                                                                        "box_bins": 8}}))
+    out = tmp_path / "presets"
+    assert main(["--config", str(tiny_config), "--out", str(out), "--models", "ours", "--presets",
+                 f"{small},{wide}", "--repeats", "3", "--int8"]) == 0
+    r = json.loads((out / "results.json").read_text())
+    assert set(r) - {"setup", "curves"} == {"ours-small", "ours-wide", "ours-small-int8", "ours-wide-int8"}
+    assert r["ours-wide-int8"]["input_size"] == [128, 160]
+    assert (out / "ours-wide" / "export" / "manifest.json").is_file()
+    assert [r[n]["input_size"] for n in ("ours-small", "ours-wide")] == [[96, 128], [128, 160]]
+    assert r["ours-wide"]["params"] > r["ours-small"]["params"] and r["setup"]["presets"] == [str(small), str(wide)]
+    assert (out / "pareto.png").stat().st_size > 0 and (out / "ours-wide" / "detector.onnx").is_file()
+    take(out / "results.json", None, None, root=tmp_path / "filed")
+    assert "| ours-small |" in render(tmp_path / "filed") and "| ours-wide |" in render(tmp_path / "filed")

@@ -10,6 +10,7 @@ from deploy.preprocess import PreprocessSpec
 from deploy.runtime import ModelLoadError, OrtModel
 from export.onnx_export import export_onnx, parity
 from export.quantize import output_convs, quantize_int8
+from tests.conftest import REPO
 from train.models import Detector, Segmenter
 
 
@@ -238,3 +239,47 @@ def test_subpixel_segmenter_exports_its_pixel_shuffle_and_matches_torch(tmp_path
     assert "DepthToSpace" in {n.op_type for n in onnx.load(path).graph.node}
     inputs = [np.random.default_rng(0).integers(0, 256, (1, 3, 64, 96), dtype=np.uint8)]
     assert parity(model, path, inputs) < 1e-4
+
+
+@pytest.mark.parametrize("preset", sorted(p.name for p in (REPO / "configs" / "models").glob("detector-*.yaml")))
+def test_every_shipped_detector_preset_exports_its_contract_and_matches_torch(preset, tmp_path):
+    import yaml
+
+    from train.config import TaskConfig, build_dataclass
+    from train.loop import model_args
+    from train.models import build_model
+
+    path = REPO / "configs" / "models" / preset
+    task = build_dataclass(TaskConfig, yaml.safe_load(path.read_text()), str(path))
+    torch.manual_seed(0)
+    model = build_model("detector", model_args(task, 4)).eval()
+    spec = task.preprocess_spec()
+    h, w = spec.input_size
+    x = np.random.default_rng(0).integers(0, 256, (1, 3, h, w), dtype=np.uint8)
+    with torch.no_grad():
+        cls, boxes = model(torch.from_numpy(x))
+    n = sum(-(-h // s) * -(-w // s) for s in model.strides)
+    assert cls.shape == (1, n, 4) and boxes.shape == (1, n, 4)  # (B, N, C), (B, N, 4) at the preset's own input
+    contract = Contract("detector", spec, list("abcd"), "h", ["cls_logits", "boxes"])
+    onnx_path = export_onnx(model, contract, tmp_path / "det.onnx")
+    assert OrtModel(onnx_path).contract.preprocess.input_size == (h, w)
+    assert parity(model, onnx_path, [x]) < 1e-3
+
+
+def test_a_distribution_box_head_quantizes_for_the_cpu_with_its_decode_in_float(tmp_path, tiny_data):
+    from export.quantize import float_tail
+
+    torch.manual_seed(0)
+    model = Detector(num_classes=3, backbone="mobilenet_v3_small_minimal", channels=16, head_convs=1,
+                     box_bins=16).eval()
+    contract = Contract("detector", PreprocessSpec(input_size=(96, 128)), ["a", "b", "c"], "abc123",
+                        ["cls_logits", "boxes"])
+    path = export_onnx(model, contract, tmp_path / "det.onnx")
+    imgs = sorted((tiny_data.parent / "data" / "images" / "train").glob("*.jpg"))[:4]
+    out = tmp_path / "det.int8.onnx"
+    quantize_int8(path, out, contract, imgs, target="cpu")
+    tail = {n.op_type for n in onnx.load(path).graph.node if n.name in set(float_tail(onnx.load(path)))}
+    assert {"Softmax", "ReduceSum"} <= tail  # the expectation over the bins stays float
+    x = np.random.default_rng(0).integers(0, 256, (1, 3, 96, 128), dtype=np.uint8)
+    f, i8 = OrtModel(path).infer(x), OrtModel(out).infer(x)
+    assert np.abs(f[1] - i8[1]).mean() / np.abs(f[1]).mean() < 0.1

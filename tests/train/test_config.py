@@ -110,7 +110,28 @@ def test_an_unset_init_keeps_the_config_hash_and_a_set_one_changes_it(monkeypatc
     payload["dataset"].pop("source")
     for task in ("detector", "segmenter"):
         del payload["experiment"][task]["model"]["init"]
+        del payload["experiment"][task]["model"]["box_bins"]
+        del payload["experiment"][task]["loss"]["dfl_weight"]
     assert cfg.hash() == hashlib.sha256(json.dumps(payload, sort_keys=True).encode()).hexdigest()[:16]
     before = cfg.hash()
-    cfg.detector.model.init = "runs/demo"
-    assert cfg.hash() != before
+    for change in ({"init": "runs/demo"}, {"box_bins": 16}):
+        changed = load_config("configs/demo.yaml")
+        changed.detector.model = dataclasses.replace(changed.detector.model, **change)
+        assert changed.hash() != before, change
+
+
+def test_box_bins_are_a_detector_option_stored_only_when_set(tmp_path, tiny_data):
+    from train.loop import build_criterion, model_args
+    from train.models import build_model
+
+    def cfg(section, model):
+        return write(tmp_path, "b.yaml", {"name": "c", "data": str(tiny_data), section: {"model": model}})
+    with pytest.raises(ConfigError, match=r"b\.yaml: model\.box_bins is a detector option.*got 1$"):
+        load_config(cfg("detector", {"box_bins": 1}))
+    with pytest.raises(ConfigError, match="box_bins is a detector option.*in the segmenter section"):
+        load_config(cfg("segmenter", {"box_bins": 16}))
+    dfl = load_config(cfg("detector", {"box_bins": 16})).detector
+    args = model_args(dfl, 2)
+    assert args["box_bins"] == 16 and "box_bins" not in model_args(load_config(cfg("detector", {})).detector, 2)
+    dfl.loss.dfl_weight = 0.5
+    assert build_criterion("detector", dfl, build_model("detector", args), 2).dfl_weight == 0.5

@@ -3,7 +3,14 @@ import math
 import pytest
 import torch
 
-from train.losses import DetectionLoss, SegmentationLoss, lovasz_jaccard, quality_focal_loss, varifocal_loss
+from train.losses import (
+    DetectionLoss,
+    SegmentationLoss,
+    distribution_focal_loss,
+    lovasz_jaccard,
+    quality_focal_loss,
+    varifocal_loss,
+)
 from train.models import Detector
 
 
@@ -22,10 +29,11 @@ def test_quality_focal_is_zero_where_the_score_equals_the_quality():
     assert float(quality_focal_loss(torch.logit(p), torch.tensor([0.2]))) == pytest.approx(bce * 0.36, rel=1e-4)
 
 
-@pytest.mark.parametrize("assigner,cls_loss", [("fcos", "focal"), ("fcos", "vfl"), ("tal", "vfl"), ("tal", "qfl")])
-def test_every_assigner_and_loss_learns_a_batch(assigner, cls_loss):
+@pytest.mark.parametrize("assigner,cls_loss,bins", [("fcos", "focal", 0), ("fcos", "vfl", 0), ("tal", "vfl", 0),
+                                                   ("tal", "qfl", 0), ("fcos", "focal", 16), ("tal", "vfl", 16)])
+def test_every_assigner_and_loss_learns_a_batch(assigner, cls_loss, bins):
     torch.manual_seed(0)
-    m = Detector(num_classes=2, channels=16, head_convs=1)
+    m = Detector(num_classes=2, channels=16, head_convs=1, box_bins=bins)
     crit = DetectionLoss(*m.points((64, 64)), 2, assigner=assigner, cls_loss=cls_loss)
     x = torch.randint(0, 256, (2, 3, 64, 64), dtype=torch.uint8)
     targets = [{"boxes": torch.tensor([[8.0, 8, 40, 40]]), "labels": torch.tensor([1])},
@@ -39,6 +47,24 @@ def test_every_assigner_and_loss_learns_a_batch(assigner, cls_loss):
         out["loss"].backward()
         opt.step()
     assert torch.isfinite(out["loss"]) and float(out["box"]) < first  # the boxes moved towards the target
+    assert ("dfl" in out) == bool(bins)
+
+
+def test_distribution_loss_is_least_for_the_two_bins_around_the_true_distance():
+    points, strides = torch.tensor([[40.0, 40.0]]), torch.tensor([8.0])
+    d = torch.tensor([2.25, 3.0, 0.5, 20.0])  # strides; 20 lies past the last of 16 bins: clamped to 14.99
+    gt = torch.cat([points - d[:2] * 8, points + d[2:] * 8], 1)  # (1, 4) xyxy
+    near = d.clamp(max=14.99)
+    exact = torch.full((1, 4, 16), -1e4)
+    for i, v in enumerate(near):  # the target distribution itself: (1 - w) on floor(d), w on floor(d) + 1
+        lo, w = int(v), float(v - int(v))
+        exact[0, i, lo], exact[0, i, lo + 1] = math.log(1 - w + 1e-12), math.log(w + 1e-12)
+    torch.testing.assert_close(exact.softmax(-1) @ torch.arange(16.0), near[None], atol=1e-4, rtol=0)
+    best = float(distribution_focal_loss(exact, gt, points, strides))
+    entropy = float(-sum((p * math.log(p)) for v in near for p in (1 - (v - int(v)), v - int(v)) if p > 0)) / 4
+    assert best == pytest.approx(entropy, abs=1e-4)  # its least value: the target distribution's entropy
+    shifted = exact.roll(1, dims=-1)  # the same mass one bin further out
+    assert float(distribution_focal_loss(shifted, gt, points, strides)) > best + 1
 
 
 def test_tal_positives_match_the_one_box_with_quality_in_0_1_and_unknown_assigners_are_refused():

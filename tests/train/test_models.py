@@ -41,6 +41,22 @@ def test_detector_decodes_every_level_at_each_location_in_channels_last_order():
     assert i == logits.shape[1] == boxes.shape[1]
 
 
+def test_a_distribution_box_head_decodes_the_expected_bin_and_trains_on_its_logits():
+    m = Detector(num_classes=3, channels=16, head_convs=1, box_bins=16)
+    x = torch.randint(0, 256, (2, 3, 96, 128), dtype=torch.uint8)
+    cls, boxes, bins = m.train()(x)
+    assert bins.shape == (*boxes.shape, 16)  # (B, N, 4, bins) beside the decoded boxes, in training only
+    with torch.no_grad():
+        out = m.eval()(x)
+        feats = m.fpn(m.backbone(m.normalize(x)))
+        logits = m.reg_out(m.reg_tower(feats[0]))[:, :, 0, 0].view(2, 4, 16)  # first location, stride 8
+    assert len(out) == 2  # what the export and every runner see: cls_logits, boxes
+    dist = (logits.softmax(-1) * torch.arange(16.0)).sum(-1) * 8
+    torch.testing.assert_close(out[1][:, 0], torch.cat([4 - dist[:, :2], 4 + dist[:, 2:]], 1))
+    with pytest.raises(ValueError, match="box_bins"):
+        Detector(num_classes=3, box_bins=1)
+
+
 def test_segmenter_logits_at_stride_2_decode_as_the_in_graph_upsampling_did():
     import torch.nn.functional as F
 
