@@ -53,7 +53,7 @@ from datasets.metrics import EvalSet
 from deploy.errors import EdgeVisionError
 from deploy.postprocess import decode_detector
 from deploy.preprocess import PreprocessSpec, preprocess, read_image
-from experiments.curves import flattened, model_curve, plot_curves, plot_pareto
+from experiments.curves import flattened, is_ours, model_curve, plot_curves, plot_pareto
 from experiments.peer import config_with, export_detector, fit_ours, ort_runner, time_side_by_side, write_results
 from export.pipeline import export_run
 from train.checkpoint import load_checkpoint
@@ -136,10 +136,6 @@ def train_ours(cfg: ExperimentConfig, out: Path) -> dict:
     info = {"onnx": str(onnx_path), "params": params, "gflops": gflops, "input_size": list(spec.input_size)}
     (out / "model.json").write_text(json.dumps(info))
     return info
-
-
-def is_ours(model: str) -> bool:
-    return model == "ours" or model.startswith("ours-")
 
 
 def model_input(x: np.ndarray, model: str) -> np.ndarray:

@@ -21,9 +21,14 @@ def read_curve(path: Path, epoch_key: str, map_key: str) -> list[tuple[int, floa
     return [(int(float(r[epoch_key])), float(r[map_key])) for r in rows if r.get(map_key) not in (None, "")]
 
 
+def is_ours(model: str) -> bool:
+    """A comparison's model of ours: `ours`, or `ours-<preset>[-int8]` of compare-yolo --presets / --int8."""
+    return model == "ours" or model.startswith("ours-")
+
+
 def model_curve(name: str, folder: Path) -> list[tuple[int, float]]:
     """A compare-yolo model folder -> its validation curve."""
-    if name == "ours" or name.startswith("ours-"):
+    if is_ours(name):
         return read_curve(folder / "detector" / "log.csv", "epoch", "map")
     return read_curve(folder / "train" / "results.csv", "epoch", "metrics/mAP50-95(B)")
 
@@ -82,7 +87,7 @@ def plot_pareto(budgets: dict[str, dict[str, dict]], path: Path, title: str) -> 
             colour = f"C{i}"
             for int8, style in ((False, "-o"), (True, "--^")):
                 ours = sorted((m["latency_ms"][threads], m["map"], n) for n, m in models.items()
-                              if (n == "ours" or n.startswith("ours-")) and n.endswith("-int8") == int8)
+                              if is_ours(n) and n.endswith("-int8") == int8)
                 if not ours:
                     continue
                 ax.plot([o[0] for o in ours], [o[1] for o in ours], style, color=colour,
@@ -91,7 +96,7 @@ def plot_pareto(budgets: dict[str, dict[str, dict]], path: Path, title: str) -> 
                     ax.annotate(n.removeprefix("ours-").removesuffix("-int8"), (x, y), textcoords="offset points",
                                 xytext=(4, -10), fontsize=7)
             for n, m in models.items():
-                if n == "ours" or n.startswith("ours-"):
+                if is_ours(n):
                     continue
                 marker = markers.setdefault(n, "sDv^<>"[len(markers) % 6])
                 ax.plot(m["latency_ms"][threads], m["map"], marker, color=colour, markersize=8, linestyle="none",

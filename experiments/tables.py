@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from collections.abc import Callable
 
-from experiments.curves import flattened
+from experiments.curves import flattened, is_ours
 
 # kind -> section title, in the doc's order
 TITLES = {
@@ -111,7 +111,7 @@ def compare(f: dict, keys) -> list[str]:
 
 def summary(models: dict, keys, prefix: str) -> list[str]:
     """One line per model of ours (`ours`, or `ours-<preset>` of compare-yolo --presets) against the peers."""
-    ours = [n for n in models if n == "ours" or n.startswith("ours-")]
+    ours = [n for n in models if is_ours(n)]
     peers = [n for n in models if n not in ours]
     if not ours or not peers:
         return []

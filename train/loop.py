@@ -176,13 +176,13 @@ def build_training(task: str, task_cfg: TaskConfig, cfg: ExperimentConfig, val_s
         init_from(model, task_cfg.model.init, task, names)
     params, gflops = model_cost(model, spec.input_size)
     if rank == 0:
+        augment = resolve_augment(s.augment, s.epochs)
         name = type(model).__name__ if args is None else f"{task_cfg.model.backbone} x{task_cfg.model.width_mult}"
         print(f"{task}: {name}, {params / 1e6:.2f} M parameters, {gflops:.2f} GFLOPs at "
               f"{spec.input_size[0]}x{spec.input_size[1]}, {model_latency_ms(model, spec.input_size):.1f} ms on one "
               f"CPU thread (torch), {len(image_paths(train_set))} train / {len(val)} {val_split} images"
               + (f", {len(train_set)} crops of {s.crop[0]}x{s.crop[1]} an epoch" if s.crop else "")
-              + (f", augment {s.augment} -> {resolve_augment(s.augment, s.epochs)} for {s.epochs} epochs"
-                 if resolve_augment(s.augment, s.epochs) != s.augment else "")
+              + (f", augment {s.augment} -> {augment} for {s.epochs} epochs" if augment != s.augment else "")
               + (f", {world} processes" if world > 1 else ""), flush=True)
     loader, sampler, gen = build_loader(task, train_set, s, rank, world)
     criterion = (criterion or build_criterion(task, task_cfg, model, len(names))).to(device)
